@@ -1,0 +1,11 @@
+"""CLI commands of the ``match3d``  job."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``match3d`` commands to the top-level app."""
+    sub = typer.Typer(help="match3d (commands being built)", no_args_is_help=True)
+    app.add_typer(sub, name="match3d")

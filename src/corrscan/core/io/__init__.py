@@ -1,0 +1,1 @@
+"""File formats: MRC, TIFF, OME-Zarr, STAR, result bundles."""
