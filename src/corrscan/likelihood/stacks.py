@@ -1,0 +1,220 @@
+"""Polar image and template stacks (in memory and on disk).
+
+On disk a stack is one ``.pt`` file holding a plain dict of tensors, strings and numbers (loads
+with ``torch.load(weights_only=True)``; no pickled classes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from corrscan.errors import FileFormatError, InputError
+from corrscan.likelihood.ctf import CtfParams
+from corrscan.likelihood.grid import PolarGrid
+from corrscan.likelihood.transform import images_to_polar
+
+__all__ = ["PolarImages", "PolarTemplates", "images_from_real_space", "atomic_save"]
+
+
+def atomic_save(obj: dict, path: str | Path) -> None:
+    """``torch.save`` to a temporary name, then rename (no half-written result files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _load(path: str | Path, kind: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(f"{kind} file not found: {path}")
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for corrupt files
+        raise FileFormatError(f"{path} is not a corrscan {kind} file: {exc}") from exc
+    if not isinstance(d, dict) or d.get("kind") != kind:
+        raise FileFormatError(f"{path} is not a corrscan {kind} file (kind={d.get('kind')!r})")
+    return d
+
+
+@dataclass
+class PolarTemplates:
+    """Templates on a polar grid, L2-normalised (``Σ ω |T|² = 1``), box mean removed.
+
+    Attributes
+    ----------
+    data
+        `(S, n_shells, W)` complex.
+    grid
+        The polar grid.
+    euler
+        `(S, 3)` Euler angles (degrees, core convention) of the viewing directions.
+    weights
+        `(S,)` viewing quadrature weights (log-prior ``ln(w / Σ w)``).
+    name
+        Structure name (file stem).
+    """
+
+    data: torch.Tensor
+    grid: PolarGrid
+    euler: np.ndarray
+    weights: np.ndarray
+    name: str = "structure"
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def save(self, path: str | Path) -> None:
+        atomic_save(
+            {
+                "kind": "corrscan-polar-templates",
+                "data": self.data.cpu(),
+                "grid": json.dumps(self.grid.to_dict()),
+                "euler": torch.from_numpy(np.asarray(self.euler, dtype=np.float64)),
+                "weights": torch.from_numpy(np.asarray(self.weights, dtype=np.float64)),
+                "name": self.name,
+            },
+            path,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> PolarTemplates:
+        d = _load(path, "corrscan-polar-templates")
+        return cls(
+            data=d["data"],
+            grid=PolarGrid.from_dict(json.loads(d["grid"])),
+            euler=d["euler"].numpy(),
+            weights=d["weights"].numpy(),
+            name=str(d["name"]),
+        )
+
+
+@dataclass
+class PolarImages:
+    """Particle images on a polar grid with their CTFs.
+
+    Attributes
+    ----------
+    data
+        `(M, n_shells, W)` complex, mean removed (real space) and L2-normalised.
+    grid
+        The polar grid.
+    ctf
+        Per-image CTF parameters.
+    norms
+        `(M,)` float64: the quadrature norm ``sqrt(Σ ω |F|²)`` divided out (the likelihoods add
+        ``-(N/2 - 2) · 2 ln norm`` back so that they refer to the data as given).
+    table
+        Optional per-image metadata (source file, index, prior angles/shifts ...).
+    """
+
+    data: torch.Tensor
+    grid: PolarGrid
+    ctf: CtfParams
+    norms: torch.Tensor
+    table: pd.DataFrame | None = field(default=None)
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def subset(self, index: slice) -> PolarImages:
+        tab = None if self.table is None else self.table.iloc[index].reset_index(drop=True)
+        idx = np.arange(len(self))[index]
+        return PolarImages(self.data[index], self.grid, self.ctf.subset(idx), self.norms[index], tab)
+
+    def save(self, path: str | Path) -> None:
+        d = {
+            "kind": "corrscan-polar-images",
+            "data": self.data.cpu(),
+            "grid": json.dumps(self.grid.to_dict()),
+            "norms": self.norms.cpu(),
+            "ctf": {k: torch.from_numpy(v) for k, v in self.ctf.to_dict().items()},
+        }
+        if self.table is not None:
+            d["table"] = self.table.to_json(orient="split")
+        atomic_save(d, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PolarImages:
+        d = _load(path, "corrscan-polar-images")
+        table = None
+        if "table" in d:
+            from io import StringIO
+
+            table = pd.read_json(StringIO(d["table"]), orient="split")
+        return cls(
+            data=d["data"],
+            grid=PolarGrid.from_dict(json.loads(d["grid"])),
+            ctf=CtfParams(**{k: v.numpy() for k, v in d["ctf"].items()}),
+            norms=d["norms"],
+            table=table,
+        )
+
+    @classmethod
+    def concat(cls, items: list[PolarImages]) -> PolarImages:
+        if not items:
+            raise InputError("no image stacks to concatenate")
+        tabs = [it.table for it in items]
+        table = None if any(t is None for t in tabs) else pd.concat(tabs, ignore_index=True)
+        return cls(
+            torch.cat([it.data for it in items]),
+            items[0].grid,
+            CtfParams.concat([it.ctf for it in items]),
+            torch.cat([it.norms for it in items]),
+            table,
+        )
+
+
+def images_from_real_space(
+    images,
+    grid: PolarGrid,
+    ctf: CtfParams | None = None,
+    *,
+    table: pd.DataFrame | None = None,
+    shifts: np.ndarray | None = None,
+    precision: str = "single",
+    device=None,
+) -> PolarImages:
+    """Real-space particle images `(M, N, N)` -> :class:`PolarImages`.
+
+    Steps: subtract each image's mean (real space), exact transform to the polar grid
+    (:func:`~corrscan.likelihood.transform.images_to_polar`), divide by the quadrature norm.
+    ``ctf=None`` means no CTF (``CTF ≡ 1``). ``shifts`` `(M, 2)` ``(x, y)`` pixels moves every
+    image by ``+shift`` (exact Fourier phase; used to apply RELION/cryoSPARC prior origins).
+    """
+    from corrscan.core.arrays import to_tensor
+
+    dtype = torch.float64 if precision == "double" else torch.float32
+    t = to_tensor(images, dtype=dtype, name="images")
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim != 3:
+        raise InputError(f"images must be (M, N, N), got {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise InputError("images contain NaN/Inf: clean the stack first")
+    t = t - t.mean(dim=(-2, -1), keepdim=True)
+    pol = images_to_polar(t, grid, device=device)
+    if shifts is not None:
+        sh = np.asarray(shifts, dtype=np.float64).reshape(-1, 2)
+        if sh.shape[0] != t.shape[0]:
+            raise InputError(f"{sh.shape[0]} shifts for {t.shape[0]} images")
+        kx, ky = grid.points()
+        ph = -2.0 * np.pi * (sh[:, 0, None, None] * kx[None] + sh[:, 1, None, None] * ky[None])
+        pol = pol * torch.from_numpy(np.exp(1j * ph)).to(device=pol.device, dtype=pol.dtype)
+    norms = torch.sqrt(grid.integrate(pol.abs().to(torch.float64) ** 2))
+    if bool((norms <= 0).any()):
+        raise InputError("an image is constant (zero after mean removal)")
+    pol = pol / norms.to(pol.real.dtype)[:, None, None]
+    if ctf is None:
+        ctf = CtfParams.none(t.shape[0])
+    if len(ctf) != t.shape[0]:
+        raise InputError(f"{len(ctf)} CTF entries for {t.shape[0]} images")
+    return PolarImages(pol, grid, ctf, norms.cpu(), table)

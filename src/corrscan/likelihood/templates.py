@@ -1,0 +1,292 @@
+"""Templates on the polar grid from a 3D map or an atomic model, and atom-file readers.
+
+Every template is the 2D transform of a projection of the structure seen along a viewing
+direction ``(phi, theta, psi=0)`` (core Euler convention: the transform of the structure at
+``R (k_x, k_y, 0)``), with the box mean removed (``T ← T − T(0)/N² · 𝟙̂``) and L2-normalised
+on the grid (``Σ ω |T|² = 1``).
+
+* Maps: type-2 NUFFT of the map at the slice points (:func:`~corrscan.likelihood.transform.
+  volume_nufft`), batched over all templates at once.
+* Atoms: Gaussian atoms of standard deviation ``σ`` (Å) with unit mass, evaluated analytically:
+  ``T(k) = (1/n) Σ_i exp(−2π² σ_i² |k|²) exp(−2πi (R k)·a_i)`` (``k`` in cycles/Å).
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from corrscan.core.arrays import DeviceLike, resolve_device
+from corrscan.errors import FileFormatError, InputError
+from corrscan.likelihood.grid import PolarGrid, ViewingGrid, euler_zyz_to_matrix
+from corrscan.likelihood.stacks import PolarTemplates
+from corrscan.likelihood.transform import box_mask_polar, fill_hermitian, volume_to_polar_templates
+
+__all__ = [
+    "atoms_to_polar_templates",
+    "finish_templates",
+    "map_to_polar_templates",
+    "read_atoms",
+    "templates_from_file",
+]
+
+
+def finish_templates(
+    raw: torch.Tensor, grid: PolarGrid, total: torch.Tensor | float
+) -> torch.Tensor:
+    """Remove the box mean (``total`` = real-space sum ``T(0)``) and L2-normalise, `(S, N, W)`."""
+    s = box_mask_polar(grid, dtype=raw.dtype, device=raw.device)
+    tot = torch.as_tensor(total, device=raw.device).to(raw.dtype).reshape(-1, 1, 1)
+    t = raw - tot / float(grid.n_pixels**2) * s[None]
+    w = torch.as_tensor(grid.point_weights, device=raw.device, dtype=raw.real.dtype)
+    norm = torch.sqrt((w[:, None] * t.abs() ** 2).sum(dim=(-2, -1)))
+    if bool((norm <= 0).any()):
+        raise InputError("a template is identically zero on the grid (empty map or model?)")
+    return t / norm[:, None, None]
+
+
+def map_to_polar_templates(
+    volume,
+    grid: PolarGrid,
+    viewing: ViewingGrid,
+    *,
+    voxel_size: float | None = None,
+    name: str = "map",
+    device: DeviceLike = "cpu",
+    precision: str = "single",
+) -> PolarTemplates:
+    """Templates from a cubic 3D map `(D, D, D)` (z, y, x), voxel size = image pixel size.
+
+    ``voxel_size`` (Å) is checked against ``grid.pixel_size`` when given; resample the map
+    first if they differ.
+    """
+    from corrscan.core.arrays import to_tensor
+
+    vol = to_tensor(volume, dtype=torch.float64, name="map")
+    if vol.ndim != 3 or len(set(vol.shape)) != 1:
+        raise InputError(f"map must be a cubic (D, D, D) volume, got {tuple(vol.shape)}")
+    if voxel_size is not None and abs(voxel_size - grid.pixel_size) > 1e-3 * grid.pixel_size:
+        raise InputError(
+            f"map voxel size {voxel_size} Å differs from the image pixel size "
+            f"{grid.pixel_size} Å: resample the map (e.g. Fourier crop/pad) first"
+        )
+    if not bool(torch.isfinite(vol).all()):
+        raise InputError("map contains NaN/Inf")
+    dev = resolve_device(device)
+    cdt = torch.complex128 if precision == "double" else torch.complex64
+    raw = volume_to_polar_templates(vol.to(dev), grid, viewing.euler, dtype=torch.complex128)
+    data = finish_templates(raw, grid, float(vol.sum())).to(cdt)
+    return PolarTemplates(data.cpu(), grid, np.asarray(viewing.euler), np.asarray(viewing.weights), name)
+
+
+def atoms_to_polar_templates(
+    coordinates,
+    grid: PolarGrid,
+    viewing: ViewingGrid,
+    *,
+    sigma: float | np.ndarray = 1.5,
+    center: bool = True,
+    name: str = "model",
+    device: DeviceLike = "cpu",
+    precision: str = "single",
+    batch_size: int | None = None,
+) -> PolarTemplates:
+    """Templates from atom coordinates `(n_atoms, 3)` ``(x, y, z)`` in Å, Gaussian atoms.
+
+    Parameters
+    ----------
+    sigma
+        Gaussian standard deviation per atom (Å), scalar or `(n_atoms,)`.
+    center
+        Subtract the mean coordinate (the model's centre goes to the box centre).
+    batch_size
+        Templates per batch (default: about 64 MB of phase table per batch).
+    """
+    a = torch.as_tensor(np.asarray(coordinates, dtype=np.float64))
+    if a.ndim != 2 or a.shape[1] != 3 or a.shape[0] == 0:
+        raise InputError(f"atom coordinates must be (n_atoms, 3) Å, got {tuple(a.shape)}")
+    if center:
+        a = a - a.mean(dim=0, keepdim=True)
+    n_atoms = a.shape[0]
+    sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (n_atoms,))
+    if np.any(sig <= 0):
+        raise InputError("atom sigma must be positive (Å)")
+    dev = resolve_device(device)
+    real = torch.float64 if precision == "double" else torch.float32
+    cdt = torch.complex128 if precision == "double" else torch.complex64
+    kx, ky = grid.points(half=True)
+    kx = torch.as_tensor(kx.ravel() / grid.pixel_size, device=dev, dtype=torch.float64)
+    ky = torch.as_tensor(ky.ravel() / grid.pixel_size, device=dev, dtype=torch.float64)
+    k2 = (kx**2 + ky**2)[:, None]
+    p = kx.shape[0]
+    rot = euler_zyz_to_matrix(viewing.euler).to(dev)  # (S, 3, 3)
+    a = a.to(dev)
+    s_tot = rot.shape[0]
+    if batch_size is None:
+        batch_size = max(1, int(64 * 2**20 // (16 * p * n_atoms)))
+    uniq, inv = np.unique(sig, return_inverse=True)
+    out = torch.empty((s_tot, grid.n_shells, grid.n_inplanes // 2), dtype=torch.complex128, device=dev)
+    for s0 in range(0, s_tot, batch_size):
+        r = rot[s0 : s0 + batch_size]
+        # (R k)·a = k · (R^T a) for k in the xy plane: need (R^T a)_xy = (a @ R)_xy
+        b = torch.einsum("ai,sij->saj", a, r)[..., :2]  # (Sb, A, 2)
+        ph = (kx[None, :, None] * b[:, None, :, 0] + ky[None, :, None] * b[:, None, :, 1]).to(real)
+        e = torch.polar(torch.ones_like(ph), -2.0 * np.pi * ph)  # (Sb, P, A)
+        acc = torch.zeros((r.shape[0], p), dtype=e.dtype, device=dev)
+        for u, sg in enumerate(uniq):
+            sel = torch.as_tensor(np.nonzero(inv == u)[0], device=dev)
+            env = torch.exp(-2.0 * np.pi**2 * sg**2 * k2[:, 0]).to(real)
+            acc += e[:, :, sel].sum(dim=-1) * env[None]
+        out[s0 : s0 + r.shape[0]] = (acc / n_atoms).to(torch.complex128).reshape(
+            r.shape[0], grid.n_shells, -1
+        )
+    raw = fill_hermitian(out)
+    # Real-space sum of the discrete image of unit-mass atoms: T(0) = 1 in these units.
+    data = finish_templates(raw, grid, 1.0).to(cdt)
+    return PolarTemplates(data.cpu(), grid, np.asarray(viewing.euler), np.asarray(viewing.weights), name)
+
+
+# ----------------------------------------------------------------------------- atom files
+def _read_pdb(path: Path) -> pd.DataFrame:
+    rows = []
+    with open(path, errors="replace") as fh:
+        for line in fh:
+            rec = line[:6]
+            if rec.startswith("ENDMDL"):
+                break  # first model only
+            if rec not in ("ATOM  ", "HETATM"):
+                continue
+            try:
+                x, y, z = float(line[30:38]), float(line[38:46]), float(line[46:54])
+            except ValueError as exc:
+                raise FileFormatError(f"{path}: bad coordinates in line {line.rstrip()!r}") from exc
+            name = line[12:16].strip()
+            elem = line[76:78].strip() if len(line) >= 78 else ""
+            rows.append(
+                {
+                    "record": rec.strip(),
+                    "name": name,
+                    "residue": line[17:20].strip(),
+                    "chain": line[21:22].strip(),
+                    "element": (elem or name[:1]).upper(),
+                    "x": x,
+                    "y": y,
+                    "z": z,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _read_mmcif(path: Path) -> pd.DataFrame:
+    cols: list[str] = []
+    rows = []
+    in_loop = in_atoms = False
+    with open(path, errors="replace") as fh:
+        for raw in fh:
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                if in_atoms and rows:
+                    break
+                in_loop = in_atoms = False if line.startswith("#") else in_loop
+                continue
+            if line == "loop_":
+                if in_atoms and rows:
+                    break
+                in_loop, in_atoms, cols = True, False, []
+                continue
+            if in_loop and line.startswith("_"):
+                if line.startswith("_atom_site."):
+                    in_atoms = True
+                    cols.append(line.split()[0][len("_atom_site.") :])
+                continue
+            if in_atoms:
+                if line.startswith(("_", "data_")):
+                    break
+                rows.append(shlex.split(line, posix=True))
+    if not rows:
+        raise FileFormatError(f"{path}: no _atom_site loop found (is it an mmCIF file?)")
+    df = pd.DataFrame([r[: len(cols)] for r in rows if len(r) >= len(cols)], columns=cols)
+    if "pdbx_PDB_model_num" in df:
+        df = df[df["pdbx_PDB_model_num"] == df["pdbx_PDB_model_num"].iloc[0]]
+    try:
+        out = pd.DataFrame(
+            {
+                "record": df.get("group_PDB", pd.Series(["ATOM"] * len(df))).to_numpy(),
+                "name": df.get("label_atom_id", df.get("auth_atom_id")).to_numpy(),
+                "residue": df.get("label_comp_id", df.get("auth_comp_id")).to_numpy(),
+                "chain": df.get("auth_asym_id", df.get("label_asym_id")).to_numpy(),
+                "element": df.get("type_symbol", df.get("label_atom_id")).str.upper().to_numpy(),
+                "x": df["Cartn_x"].astype(float).to_numpy(),
+                "y": df["Cartn_y"].astype(float).to_numpy(),
+                "z": df["Cartn_z"].astype(float).to_numpy(),
+            }
+        )
+    except KeyError as exc:
+        raise FileFormatError(f"{path}: mmCIF atom_site lacks column {exc}") from exc
+    return out
+
+
+def read_atoms(path: str | Path, *, selection: str = "all") -> pd.DataFrame:
+    """Atoms of a PDB (``.pdb``/``.ent``) or mmCIF (``.cif``/``.mmcif``) file (first model).
+
+    ``selection``: ``"all"``, ``"heavy"`` (no hydrogens), ``"CA"`` (alpha carbons) or
+    ``"backbone"`` (N, CA, C, O). Returns a DataFrame with ``record, name, residue, chain,
+    element, x, y, z`` (Å).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(f"atom model not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in (".pdb", ".ent"):
+        df = _read_pdb(path)
+    elif suffix in (".cif", ".mmcif"):
+        df = _read_mmcif(path)
+    else:
+        raise FileFormatError(f"{path}: unknown atom model format (use .pdb or .cif)")
+    if selection == "heavy":
+        df = df[df["element"] != "H"]
+    elif selection == "CA":
+        df = df[df["name"] == "CA"]
+    elif selection == "backbone":
+        df = df[df["name"].isin(["N", "CA", "C", "O"])]
+    elif selection != "all":
+        raise InputError(f"unknown atom selection {selection!r}: all, heavy, CA or backbone")
+    if df.empty:
+        raise FileFormatError(f"{path}: no atoms match selection {selection!r}")
+    return df.reset_index(drop=True)
+
+
+def templates_from_file(
+    path: str | Path,
+    grid: PolarGrid,
+    viewing: ViewingGrid,
+    *,
+    atom_selection: str = "all",
+    atom_sigma: float = 1.5,
+    device: DeviceLike = "cpu",
+    precision: str = "single",
+) -> PolarTemplates:
+    """Templates from a map (``.mrc/.map/.mrcs``) or an atom model (``.pdb/.cif``)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".mrc", ".map", ".mrcs", ".rec"):
+        from corrscan.likelihood.particles import read_mrc
+
+        vol, voxel = read_mrc(path)
+        return map_to_polar_templates(
+            vol, grid, viewing, voxel_size=voxel, name=path.stem, device=device, precision=precision
+        )
+    atoms = read_atoms(path, selection=atom_selection)
+    return atoms_to_polar_templates(
+        atoms[["x", "y", "z"]].to_numpy(),
+        grid,
+        viewing,
+        sigma=atom_sigma,
+        name=path.stem,
+        device=device,
+        precision=precision,
+    )

@@ -1,0 +1,335 @@
+"""Result of a 3D search: maps, rotation table, statistics; peaks, tables and bundles.
+
+Bundle layout (a folder, written to ``<path>.partial-<pid>`` and renamed when complete, so an
+interrupted run never leaves a finished-looking result; no pickle)::
+
+    result/
+      scores.mrc            max score over rotations, (D, H, W) float32, voxel size in Å
+      rotation_index.mrc    index of the best rotation, (D, H, W) (int16/float32 MRC)
+      rotations.csv         index, 3x3 matrix (r00..r22), RELION rot/tilt/psi
+      metadata.json         search settings, n_rotations, score statistics, timings, versions
+
+Tables (:meth:`MatchResult.peaks`) are pandas DataFrames with voxel positions ``z, y, x``
+(origin: first voxel's centre), Å positions, score, rotation index, the 3x3 matrix and RELION
+angles; :func:`write_table` writes CSV or RELION 4 / 5 STAR.
+
+RELION dialects: **4** ``_rlnCoordinateX/Y/Z`` in voxels (origin first voxel),
+``_rlnAngleRot/Tilt/Psi``, ``_rlnTomoName``, ``_rlnDetectorPixelSize``; **5**
+``_rlnCenteredCoordinateX/Y/ZAngst`` in Å from the tomogram centre (voxel ``N/2`` for even and
+odd sizes alike: ``(index - N/2) * pixel_size``), the same angles, ``_rlnTomoName``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from corrscan.errors import FileFormatError, InputError, ResultExistsError
+from corrscan.match3d.rotations import matrices_to_relion_euler, relion_euler_to_matrices
+
+__all__ = ["MatchResult", "read_table", "write_table"]
+
+
+def _write_mrc(path: Path, data: np.ndarray, voxel_size: float) -> None:
+    import mrcfile
+
+    with mrcfile.new(path, overwrite=True) as m:
+        m.set_data(np.ascontiguousarray(data))
+        m.voxel_size = voxel_size
+
+
+def _read_mrc(path: Path) -> tuple[np.ndarray, float]:
+    import mrcfile
+
+    if not path.is_file():
+        raise FileFormatError(f"missing map {path}")
+    with mrcfile.open(path, permissive=True) as m:
+        return np.asarray(m.data).copy(), float(m.voxel_size.x)
+
+
+@dataclass
+class MatchResult:
+    """Maps and statistics of a 3D template search.
+
+    Attributes
+    ----------
+    scores
+        ``(D, H, W)`` float32 maximum score over rotations.
+    rotation_index
+        ``(D, H, W)`` int32 index into ``rotations`` (-1: nothing recorded).
+    rotations
+        ``(n, 3, 3)`` float32 template rotations (acting on ``(x, y, z)``).
+    pixel_size
+        Å per voxel.
+    score_mean, score_std, score_count
+        Mean, population std and number of all scores seen (voxels x rotations), over exactly
+        the reported map (for :meth:`false_positive_cutoff`).
+    template_shape
+        ``(S0, S1, S2)``.
+    metadata
+        Settings, counts, timings.
+    """
+
+    scores: np.ndarray
+    rotation_index: np.ndarray
+    rotations: np.ndarray
+    pixel_size: float
+    score_mean: float
+    score_std: float
+    score_count: int
+    template_shape: tuple[int, ...]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_rotations(self) -> int:
+        """Number of rotations searched."""
+        return int(self.metadata.get("n_rotations", len(self.rotations)))
+
+    def false_positive_cutoff(self, n_false_positives: float = 1.0) -> float:
+        """Score above which ``n_false_positives`` noise peaks are expected over the search."""
+        from corrscan.match3d.peaks import false_positive_cutoff
+
+        return false_positive_cutoff(self.score_count, n_false_positives, mean=self.score_mean,
+                                     std=self.score_std)
+
+    def peaks(
+        self,
+        *,
+        method: str = "maximum_filter",
+        num_peaks: int = 1000,
+        min_distance: int = 5,
+        min_boundary_distance: int = 0,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        n_false_positives: float | None = None,
+        subvoxel: bool = False,
+        template_mask: np.ndarray | None = None,
+    ) -> pd.DataFrame:
+        """Call peaks on the score map and return the orientations table.
+
+        ``n_false_positives`` raises ``min_score`` to :meth:`false_positive_cutoff`.
+        ``template_mask`` (``"recursive"`` only) suppresses the rotated mask around each peak.
+        ``subvoxel`` adds parabolic sub-voxel positions (``z_sub, y_sub, x_sub``).
+        """
+        from corrscan.match3d.peaks import PeakCallerRecursiveMasking, call_peaks, subvoxel_refine
+
+        if n_false_positives is not None:
+            cut = self.false_positive_cutoff(n_false_positives)
+            min_score = cut if min_score is None else max(min_score, cut)
+        if method == "recursive" and template_mask is not None:
+            caller = PeakCallerRecursiveMasking(
+                self.scores.shape, num_peaks=num_peaks, min_distance=min_distance,
+                min_boundary_distance=min_boundary_distance, min_score=min_score,
+                max_score=max_score, mask=template_mask,
+            )  # fmt: skip
+            mapping = {i: r for i, r in enumerate(self.rotations)}
+            caller(self.scores, rotations=self.rotation_index, rotation_mapping=mapping)
+            coords, vals = caller.translations, caller.scores
+        else:
+            coords, vals = call_peaks(
+                self.scores, method=method, num_peaks=num_peaks, min_distance=min_distance,
+                min_boundary_distance=min_boundary_distance, min_score=min_score,
+                max_score=max_score,
+            )  # fmt: skip
+        df = self.table(coords, vals)
+        if subvoxel and len(df):
+            sub, _ = subvoxel_refine(self.scores, coords)
+            df["z_sub"], df["y_sub"], df["x_sub"] = sub[:, 0], sub[:, 1], sub[:, 2]
+        return df
+
+    def table(self, coords: np.ndarray, scores: np.ndarray | None = None) -> pd.DataFrame:
+        """Orientations table for voxel ``coords`` ``(n, 3)`` ``(z, y, x)``."""
+        c = np.asarray(coords, dtype=np.int64).reshape(-1, 3)
+        idx = self.rotation_index[tuple(c.T)] if len(c) else np.zeros(0, dtype=np.int32)
+        s = self.scores[tuple(c.T)] if scores is None else np.asarray(scores)
+        mats = self.rotations[np.clip(idx, 0, None)] if len(c) else np.zeros((0, 3, 3))
+        eul = matrices_to_relion_euler(mats) if len(c) else np.zeros((0, 3))
+        df = pd.DataFrame({
+            "z": c[:, 0], "y": c[:, 1], "x": c[:, 2],
+            "z_angstrom": c[:, 0] * self.pixel_size,
+            "y_angstrom": c[:, 1] * self.pixel_size,
+            "x_angstrom": c[:, 2] * self.pixel_size,
+            "score": s.astype(np.float64),
+            "rotation_index": idx.astype(np.int64),
+            "rot": eul[:, 0], "tilt": eul[:, 1], "psi": eul[:, 2],
+        })  # fmt: skip
+        for i in range(3):
+            for j in range(3):
+                df[f"r{i}{j}"] = mats[:, i, j].astype(np.float64) if len(c) else []
+        df.attrs["pixel_size"] = self.pixel_size
+        df.attrs["shape"] = tuple(int(v) for v in self.scores.shape)
+        return df
+
+    # ------------------------------------------------------------------ bundles
+    def write(self, path: str | os.PathLike, *, overwrite: bool = False,
+              tables: dict[str, pd.DataFrame] | None = None) -> Path:
+        """Write the result bundle (see module docstring); returns its path."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise ResultExistsError(f"{path} exists: pass overwrite=True or choose another path")
+        tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        _write_mrc(tmp / "scores.mrc", self.scores.astype(np.float32), self.pixel_size)
+        ri = self.rotation_index
+        ri_out = ri.astype(np.int16) if ri.max(initial=-1) < 32767 else ri.astype(np.float32)
+        _write_mrc(tmp / "rotation_index.mrc", ri_out, self.pixel_size)
+        rot = self.rotations.reshape(-1, 9).astype(np.float64)
+        eul = matrices_to_relion_euler(self.rotations) if len(rot) else np.zeros((0, 3))
+        rdf = pd.DataFrame(rot, columns=[f"r{i}{j}" for i in range(3) for j in range(3)])
+        rdf.insert(0, "index", np.arange(len(rot)))
+        rdf["rot"], rdf["tilt"], rdf["psi"] = eul[:, 0], eul[:, 1], eul[:, 2]
+        rdf.to_csv(tmp / "rotations.csv", index=False, float_format="%.9g")
+        meta = {
+            "format": "corrscan.match3d.result/1",
+            "pixel_size": self.pixel_size,
+            "score_mean": self.score_mean,
+            "score_std": self.score_std,
+            "score_count": self.score_count,
+            "template_shape": list(self.template_shape),
+            "metadata": self.metadata,
+            "versions": _versions(),
+        }
+        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=_json_default))
+        for name, df in (tables or {}).items():
+            df.to_csv(tmp / f"{name}.csv", index=False)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> MatchResult:
+        """Read a bundle written by :meth:`write`."""
+        path = Path(path)
+        meta_path = path / "metadata.json"
+        if not meta_path.is_file():
+            raise FileFormatError(f"{path} is not a match3d result bundle (no metadata.json)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != "corrscan.match3d.result/1":
+            raise FileFormatError(f"{meta_path}: unknown format {meta.get('format')!r}")
+        scores, vs = _read_mrc(path / "scores.mrc")
+        ri, _ = _read_mrc(path / "rotation_index.mrc")
+        rdf = pd.read_csv(path / "rotations.csv")
+        rot = rdf[[f"r{i}{j}" for i in range(3) for j in range(3)]].to_numpy().reshape(-1, 3, 3)
+        return cls(
+            scores=scores.astype(np.float32), rotation_index=np.rint(ri).astype(np.int32),
+            rotations=rot.astype(np.float32), pixel_size=float(meta["pixel_size"]),
+            score_mean=float(meta["score_mean"]), score_std=float(meta["score_std"]),
+            score_count=int(meta["score_count"]), template_shape=tuple(meta["template_shape"]),
+            metadata=meta.get("metadata", {}),
+        )  # fmt: skip
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, float) and not math.isfinite(o):
+        return str(o)
+    return str(o)
+
+
+def _versions() -> dict[str, str]:
+    import torch
+
+    from corrscan import __version__
+
+    return {"corrscan": __version__, "torch": torch.__version__, "numpy": np.__version__}
+
+
+# ---------------------------------------------------------------------- tables
+TableFormat = Literal["csv", "relion4", "relion5"]
+
+
+def write_table(
+    df: pd.DataFrame,
+    path: str | os.PathLike,
+    *,
+    fmt: TableFormat = "csv",
+    tomo_name: str = "tomogram",
+    pixel_size: float | None = None,
+    shape: tuple[int, int, int] | None = None,
+) -> Path:
+    """Write an orientations table as CSV or RELION 4 / 5 STAR (see module docstring)."""
+    path = Path(path)
+    ps = float(pixel_size if pixel_size is not None else df.attrs.get("pixel_size", 1.0))
+    if fmt == "csv":
+        df.to_csv(path, index=False)
+        return path
+    import starfile
+
+    out = pd.DataFrame({"rlnTomoName": [tomo_name] * len(df)})
+    if fmt == "relion4":
+        out["rlnCoordinateX"] = df["x"].to_numpy(dtype=np.float64)
+        out["rlnCoordinateY"] = df["y"].to_numpy(dtype=np.float64)
+        out["rlnCoordinateZ"] = df["z"].to_numpy(dtype=np.float64)
+        out["rlnDetectorPixelSize"] = ps
+    elif fmt == "relion5":
+        shp = shape if shape is not None else df.attrs.get("shape")
+        if shp is None:
+            raise InputError("RELION 5 coordinates need the tomogram shape (shape=(D, H, W))")
+        d, h, w = (float(v) for v in shp)
+        out["rlnCenteredCoordinateXAngst"] = (df["x"].to_numpy(float) - w / 2.0) * ps
+        out["rlnCenteredCoordinateYAngst"] = (df["y"].to_numpy(float) - h / 2.0) * ps
+        out["rlnCenteredCoordinateZAngst"] = (df["z"].to_numpy(float) - d / 2.0) * ps
+    else:
+        raise InputError(f"unknown table format {fmt!r}: use csv, relion4 or relion5")
+    out["rlnAngleRot"] = df["rot"].to_numpy(float)
+    out["rlnAngleTilt"] = df["tilt"].to_numpy(float)
+    out["rlnAnglePsi"] = df["psi"].to_numpy(float)
+    out["rlnAutopickFigureOfMerit"] = df["score"].to_numpy(float)
+    starfile.write({"particles": out}, path, overwrite=True)
+    return path
+
+
+def read_table(
+    path: str | os.PathLike,
+    *,
+    pixel_size: float | None = None,
+    shape: tuple[int, int, int] | None = None,
+) -> pd.DataFrame:
+    """Read a CSV or RELION 4/5 STAR orientations table back into ``z, y, x`` + matrices."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(f"table not found: {path}")
+    if path.suffix.lower() == ".csv":
+        return pd.read_csv(path)
+    import starfile
+
+    data = starfile.read(path, always_dict=True)
+    df = next(iter(data.values()))
+    ps = pixel_size or float(df.get("rlnDetectorPixelSize", pd.Series([1.0])).iloc[0])
+    if "rlnCoordinateX" in df:
+        x, y, z = (df[f"rlnCoordinate{a}"].to_numpy(float) for a in "XYZ")
+    elif "rlnCenteredCoordinateXAngst" in df:
+        if shape is None:
+            raise InputError("RELION 5 tables need shape=(D, H, W) and pixel_size to read back")
+        d, h, w = shape
+        x = df["rlnCenteredCoordinateXAngst"].to_numpy(float) / ps + w / 2.0
+        y = df["rlnCenteredCoordinateYAngst"].to_numpy(float) / ps + h / 2.0
+        z = df["rlnCenteredCoordinateZAngst"].to_numpy(float) / ps + d / 2.0
+    else:
+        raise FileFormatError(f"{path}: no RELION coordinate columns")
+    eul = df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float)
+    mats = relion_euler_to_matrices(eul)
+    out = pd.DataFrame({"z": z, "y": y, "x": x, "rot": eul[:, 0], "tilt": eul[:, 1],
+                        "psi": eul[:, 2]})
+    if "rlnAutopickFigureOfMerit" in df:
+        out["score"] = df["rlnAutopickFigureOfMerit"].to_numpy(float)
+    for i in range(3):
+        for j in range(3):
+            out[f"r{i}{j}"] = mats[:, i, j]
+    return out

@@ -1,0 +1,129 @@
+"""Batched real-space rotation of a template box (the rotation step of the hot loop).
+
+``g_R(p) = g(R^T (p - c) + c)`` for every voxel ``p`` of the box, ``c = S // 2`` per axis,
+vectors ordered ``(x, y, z)`` while arrays are ``(z, y, x)``; outside the box the template is 0.
+
+* ``order=1``: trilinear (``torch.nn.functional.grid_sample``).
+* ``order=3``: cubic B-spline. The spline coefficients are computed **once** (the template
+  does not change between rotations, unlike pyTME, which prefilters per rotation) and each
+  output voxel is evaluated from 8 trilinear look-ups with the weights folded into the
+  positions (Sigg & Hadwiger, GPU Gems 2, ch. 20), so the cost is a single batched
+  ``grid_sample`` of 8 points per voxel instead of 64 gathers.
+
+This module keeps a fused, batched version of ``corrscan.core.projection.rotate_volume`` for
+the matching loop (one prepared object per template, no per-call set-up).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from corrscan.errors import InputError
+
+__all__ = ["TemplateRotator", "rotate_volume_reference"]
+
+_SPLINE_PAD = 4
+
+
+class TemplateRotator:
+    """Rotate one template (``(S0, S1, S2)``) by batches of rotation matrices.
+
+    Parameters
+    ----------
+    volume
+        ``(D, H, W)`` real tensor.
+    order
+        1 (trilinear) or 3 (cubic B-spline).
+    """
+
+    def __init__(self, volume: torch.Tensor, *, order: int = 3) -> None:
+        if order not in (1, 3):
+            raise InputError(f"interpolation_order must be 1 or 3, got {order}")
+        if volume.ndim != 3:
+            raise InputError(f"template must be 3D (z, y, x), got shape {tuple(volume.shape)}")
+        self.order = order
+        self.shape = tuple(int(s) for s in volume.shape)
+        self.device = volume.device
+        self.dtype = torch.float32
+        if order == 3:
+            padded = np.pad(volume.detach().cpu().double().numpy(), _SPLINE_PAD)
+            coef = ndimage.spline_filter(padded, order=3, mode="mirror")
+            self._source = torch.from_numpy(coef.astype(np.float32)).to(self.device)
+            self._offset = float(_SPLINE_PAD)
+        else:
+            self._source = volume.to(self.dtype).contiguous()
+            self._offset = 0.0
+        src_shape = self._source.shape
+        # (x, y, z) sizes of the source, used to normalise coordinates for grid_sample
+        self._norm = torch.tensor(
+            [2.0 / (src_shape[2] - 1), 2.0 / (src_shape[1] - 1), 2.0 / (src_shape[0] - 1)],
+            device=self.device,
+            dtype=torch.float32,
+        )
+        zz, yy, xx = torch.meshgrid(
+            *(torch.arange(s, dtype=torch.float32, device=self.device) for s in self.shape),
+            indexing="ij",
+        )
+        c = torch.tensor([s // 2 for s in self.shape], dtype=torch.float32, device=self.device)
+        self._center_xyz = c.flip(0)
+        self._points = torch.stack([xx, yy, zz], dim=-1).reshape(-1, 3) - self._center_xyz
+
+    def _source_coords(self, rotations: torch.Tensor) -> torch.Tensor:
+        """``(B, S^3, 3)`` (x, y, z) source positions in source-array index units."""
+        r = rotations.to(device=self.device, dtype=torch.float32)
+        return self._points @ r + (self._center_xyz + self._offset)
+
+    def __call__(self, rotations: torch.Tensor) -> torch.Tensor:
+        """Rotated templates ``(B, D, H, W)`` float32 for ``rotations`` ``(B, 3, 3)``."""
+        if rotations.ndim == 2:
+            rotations = rotations[None]
+        b = rotations.shape[0]
+        coords = self._source_coords(rotations)
+        src = self._source[None, None].expand(b, 1, *self._source.shape)
+        if self.order == 1:
+            grid = (coords * self._norm - 1.0).reshape(b, *self.shape, 3)
+            out = F.grid_sample(
+                src, grid, mode="bilinear", padding_mode="zeros", align_corners=True
+            )
+            return out[:, 0]
+        # per axis: two trilinear positions h0, h1 and weights g0, g1 = 1 - g0
+        i = torch.floor(coords)
+        t = coords - i
+        t2 = t * t
+        t3 = t2 * t
+        g0 = (5.0 - 3.0 * t - 3.0 * t2 + 2.0 * t3) / 6.0
+        h0 = i - 1.0 + (3.0 * t3 - 6.0 * t2 + 4.0) / (6.0 * g0)
+        h1 = i + 1.0 + t3 / (6.0 * (1.0 - g0))
+        h = (torch.stack([h0, h1], dim=1) * self._norm - 1.0).transpose(-1, -2)  # (B,2,3,P)
+        g = torch.stack([g0, 1.0 - g0], dim=1).transpose(-1, -2)  # (B, 2, 3, P)
+        n = coords.shape[1]
+        hx = h[:, :, 0].reshape(b, 1, 1, 2, n).expand(b, 2, 2, 2, n)
+        hy = h[:, :, 1].reshape(b, 1, 2, 1, n).expand(b, 2, 2, 2, n)
+        hz = h[:, :, 2].reshape(b, 2, 1, 1, n).expand(b, 2, 2, 2, n)
+        grid = torch.stack([hx, hy, hz], dim=-1).reshape(b, 8, n, 1, 3)
+        wts = (
+            g[:, :, 2].reshape(b, 2, 1, 1, n)
+            * g[:, :, 1].reshape(b, 1, 2, 1, n)
+            * g[:, :, 0].reshape(b, 1, 1, 2, n)
+        ).reshape(b, 8, n)
+        vals = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        out = torch.einsum("bkn,bkn->bn", vals.reshape(b, 8, n), wts)
+        return out.reshape(b, *self.shape)
+
+
+def rotate_volume_reference(volume: np.ndarray, rotation: np.ndarray, order: int = 3) -> np.ndarray:
+    """float64 SciPy reference of the same rotation (tests, simulators).
+
+    ``rotation`` acts on ``(x, y, z)``; the array is ``(z, y, x)``.
+    """
+    vol = np.asarray(volume, dtype=np.float64)
+    r = np.asarray(rotation, dtype=np.float64)
+    # output index o (z, y, x) -> input index: P (R^T (P^T o - c) ) + c, P reverses axes
+    perm = np.eye(3)[::-1]
+    m = perm @ r.T @ perm
+    c = np.array([s // 2 for s in vol.shape], dtype=np.float64)
+    offset = c - m @ c
+    return ndimage.affine_transform(vol, m, offset=offset, order=order, mode="constant", cval=0.0)

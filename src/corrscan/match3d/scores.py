@@ -1,0 +1,265 @@
+"""Scores of 3D template matching and the per-box hot loop.
+
+Notation (``/work/shared/peers/pytme.md`` §4): ``f`` target box, ``g`` template rotated by
+``R`` and filtered, ``m`` template mask (rotated with the template for FLC and MCC), ``t``
+target mask, ``N_m = sum m``, ``a ⋆ b`` the cross-correlation
+``(a ⋆ b)(p) = sum_q a(p + q - c) b(q)`` with ``c = S // 2`` (so the score at ``p`` places the
+template's centre voxel at ``p``). Masked standardisation ``ĝ = m (g - mu) / sigma`` with the
+mean and standard deviation of ``g`` over the voxels where ``m > 0``.
+
+========================  ==============================================================
+score                     ``S(p)``
+========================  ==============================================================
+``CC``                    ``f ⋆ g``
+``LCC``                   ``(∇²f) ⋆ (∇²g)`` (discrete Laplacian before the search)
+``NCC``                   ``(f_s ⋆ g_s) / sqrt(N_t)``: ``f`` standardised over the whole
+                          target, ``g`` over all ``N_t`` template voxels (a global z-score)
+``FLCSphericalMask``      ``(f ⋆ ĝ) / (N_m sigma_f)``, ``sigma_f² = (f² ⋆ m)/N_m -
+                          ((f ⋆ m)/N_m)²`` computed once with the unrotated mask
+``FLC``                   same with the mask rotated per rotation and ``sigma_f`` recomputed
+``MCC``                   Padfield masked NCC with ``f' = f t``, overlap ``O = t ⋆ m``;
+                          clipped to [-1, 1], 0 where ``O < overlap_ratio max(O)``
+========================  ==============================================================
+
+The local-normalisation scores are invariant to an affine change of ``f``; the target is
+standardised with its global mean and standard deviation first (for float32 accuracy of
+``sigma_f``; the same global values in every split box keep splits exact). Where
+``sigma_f <= 1e-4`` (flat or empty regions) it is set to 1.
+
+Hot loop per rotation batch (:class:`BoxScorer`): rotate template (and mask), optional lab-frame
+Fourier filter on the template box, standardise, write into the corner of a zero buffer of the
+FFT box, one batched ``rfftn`` (MKL/cuFFT do the zero-padded transform faster than a hand-pruned
+one on this CPU), multiply by the precomputed conjugate-free target spectrum in place, one
+``irfftn`` into a preallocated buffer, normalise in place, hand the valid region to the analyzer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from corrscan.errors import InputError
+
+__all__ = ["SCORES", "BoxScorer", "ScoreName", "needs_rotated_mask"]
+
+ScoreName = Literal["CC", "LCC", "NCC", "FLCSphericalMask", "FLC", "MCC"]
+SCORES: tuple[str, ...] = ("CC", "LCC", "NCC", "FLCSphericalMask", "FLC", "MCC")
+_SIGMA_FLOOR = 1e-4
+_EPS = float(np.finfo(np.float32).eps)
+
+
+def needs_rotated_mask(score: str) -> bool:
+    """True for scores that rotate the mask with the template (FLC, MCC)."""
+    return score in ("FLC", "MCC")
+
+
+def laplace(volume: np.ndarray) -> np.ndarray:
+    """Discrete Laplacian (``scipy.ndimage.laplace``, mode ``reflect``) in float64."""
+    return ndimage.laplace(np.asarray(volume, dtype=np.float64), mode="reflect")
+
+
+class BoxScorer:
+    """Score maps of one target box for batches of rotated templates.
+
+    Parameters
+    ----------
+    target
+        ``(D, H, W)`` float32 target box (already filtered, standardised, masked as the score
+        requires; see :func:`prepare_target`).
+    template_shape
+        ``(S0, S1, S2)``.
+    mask
+        ``(S0, S1, S2)`` template mask (unrotated; used by FLCSphericalMask setup).
+    target_mask
+        ``(D, H, W)`` target mask for MCC (``None`` = ones).
+    score
+        One of :data:`SCORES`.
+    fft_shape
+        FFT box (>= target box per axis); the target sits in its corner, zeros elsewhere.
+    batch_size
+        Rotations per FFT call.
+    overlap_ratio
+        MCC only.
+    """
+
+    def __init__(
+        self,
+        target: torch.Tensor,
+        template_shape: tuple[int, int, int],
+        mask: torch.Tensor | None,
+        target_mask: torch.Tensor | None,
+        score: str,
+        fft_shape: tuple[int, int, int],
+        batch_size: int,
+        *,
+        overlap_ratio: float = 0.3,
+    ) -> None:
+        if score not in SCORES:
+            raise InputError(f"unknown score {score!r}: choose one of {', '.join(SCORES)}")
+        self.score = score
+        self.device = target.device
+        self.box_shape = tuple(int(s) for s in target.shape)
+        self.template_shape = tuple(int(s) for s in template_shape)
+        self.fft_shape = tuple(int(s) for s in fft_shape)
+        self.center = tuple(s // 2 for s in self.template_shape)
+        self.batch_size = int(batch_size)
+        self.overlap_ratio = float(overlap_ratio)
+        self._dims = (-3, -2, -1)
+        b, n = self.batch_size, self.fft_shape
+        rn = (*n[:-1], n[-1] // 2 + 1)
+        opts = dict(device=self.device)
+        self._pad = torch.zeros((b, *n), dtype=torch.float32, **opts)
+        self._spec = torch.empty((b, *rn), dtype=torch.complex64, **opts)
+        self._out = torch.empty((b, *n), dtype=torch.float32, **opts)
+        n_extra = {"FLC": 2, "MCC": 5}.get(score, 0)
+        self._spec2 = (
+            torch.empty((b, *rn), dtype=torch.complex64, **opts) if n_extra else None
+        )
+        self._outs = [torch.empty((b, *n), dtype=torch.float32, **opts) for _ in range(n_extra)]
+        self._spec3 = (
+            torch.empty((b, *rn), dtype=torch.complex64, **opts) if score == "MCC" else None
+        )
+
+        f = target.to(torch.float32)
+        if score == "MCC":
+            t = torch.ones_like(f) if target_mask is None else target_mask.to(torch.float32)
+            fp = f * t
+            self._T1 = self._target_spectrum(fp)
+            self._T2 = self._target_spectrum(fp * fp)
+            self._Tt = self._target_spectrum(t)
+            self._norm = None
+        elif score == "FLC":
+            self._T1 = self._target_spectrum(f)
+            self._T2 = self._target_spectrum(f * f)
+            self._norm = None
+        else:
+            self._T1 = self._target_spectrum(f)
+            self._norm = None
+            if score == "FLCSphericalMask":
+                if mask is None:
+                    raise InputError("FLCSphericalMask needs a template mask")
+                m = mask.to(torch.float32)[None]
+                nm = float(m.sum())
+                t2 = self._target_spectrum(f * f)
+                spec_m = self._forward(m)
+                mu = self._xcorr(self._T1, spec_m, self._out[:1], keep=True)[0] / nm
+                mu = mu.clone()
+                e2 = self._xcorr(t2, spec_m, self._out[:1], keep=True)[0] / nm
+                sigma = torch.sqrt(torch.clamp(e2 - mu * mu, min=0.0))
+                sigma = torch.where(sigma <= _SIGMA_FLOOR, torch.ones_like(sigma), sigma)
+                self._norm = 1.0 / (nm * sigma)
+                self._pad.zero_()
+            elif score == "NCC":
+                self._ncc_scale = 1.0 / math.sqrt(math.prod(self.template_shape))
+
+    # ------------------------------------------------------------------ FFT helpers
+    def _target_spectrum(self, x: torch.Tensor) -> torch.Tensor:
+        """``rfftn`` of ``x`` placed in the corner of the FFT box and rolled by ``c``."""
+        buf = torch.zeros(self.fft_shape, dtype=torch.float32, device=self.device)
+        d, h, w = x.shape
+        buf[:d, :h, :w] = x
+        buf = torch.roll(buf, shifts=self.center, dims=(0, 1, 2))
+        return torch.fft.rfftn(buf, dim=self._dims)
+
+    def _forward(self, vols: torch.Tensor, spec: torch.Tensor | None = None) -> torch.Tensor:
+        """Zero-padded ``rfftn`` of ``(b, S0, S1, S2)`` volumes -> ``(b, *rfft)`` buffer view."""
+        b = vols.shape[0]
+        s0, s1, s2 = self.template_shape
+        pad = self._pad[:b]
+        pad[:, :s0, :s1, :s2] = vols
+        out = (self._spec if spec is None else spec)[:b]
+        torch.fft.rfftn(pad, dim=self._dims, out=out)
+        return out
+
+    def _xcorr(
+        self, target_ft: torch.Tensor, spec: torch.Tensor, out: torch.Tensor, *, keep: bool
+    ) -> torch.Tensor:
+        """``irfftn(T * conj(spec))`` into ``out``; ``keep=False`` overwrites ``spec``."""
+        prod = spec.conj() * target_ft if keep else torch.mul(spec.conj(), target_ft, out=spec)
+        torch.fft.irfftn(prod, s=self.fft_shape, dim=self._dims, out=out)
+        return out
+
+    # ------------------------------------------------------------------ scores
+    @staticmethod
+    def _standardize(g: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+        """``m (g - mu) / sigma`` per batch item over ``m > 0`` (all voxels if ``m`` is None)."""
+        dims = (1, 2, 3)
+        if m is None:
+            mu = g.mean(dim=dims, keepdim=True)
+            sd = g.std(dim=dims, keepdim=True, unbiased=False)
+            sd = torch.where(sd > 0, sd, torch.ones_like(sd))
+            return (g - mu) / sd
+        inside = (m > 0).to(g.dtype)
+        n = inside.sum(dim=dims, keepdim=True).clamp(min=1.0)
+        mu = (g * inside).sum(dim=dims, keepdim=True) / n
+        var = (((g - mu) * inside) ** 2).sum(dim=dims, keepdim=True) / n
+        sd = torch.sqrt(var)
+        sd = torch.where(sd > 0, sd, torch.ones_like(sd))
+        return m * (g - mu) / sd
+
+    def __call__(self, g: torch.Tensor, m: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores ``(b, *fft_shape)`` for rotated (filtered) templates ``g`` ``(b, S...)``.
+
+        ``m``: rotated masks ``(b, S...)`` for FLC/MCC, or the unrotated mask ``(1, S...)``
+        for FLCSphericalMask standardisation. The returned tensor is an internal buffer,
+        valid until the next call.
+        """
+        b = g.shape[0]
+        sc = self.score
+        out = self._out[:b]
+        if sc in ("CC", "LCC"):
+            return self._xcorr(self._T1, self._forward(g), out, keep=False)
+        if sc == "NCC":
+            gs = self._standardize(g, None)
+            res = self._xcorr(self._T1, self._forward(gs), out, keep=False)
+            return res.mul_(self._ncc_scale)
+        if sc == "FLCSphericalMask":
+            gh = self._standardize(g, m)
+            res = self._xcorr(self._T1, self._forward(gh), out, keep=False)
+            return res.mul_(self._norm)
+        if m is None or m.shape[0] != b:
+            raise InputError(f"{sc} needs one rotated mask per rotation")
+        if sc == "FLC":
+            return self._flc(g, m, out)
+        return self._mcc(g, m, out)
+
+    def _flc(self, g: torch.Tensor, m: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        b = g.shape[0]
+        nm = m.sum(dim=(1, 2, 3)).clamp(min=_EPS).reshape(b, 1, 1, 1)
+        gh = self._standardize(g, m)
+        num = self._xcorr(self._T1, self._forward(gh), out, keep=False)
+        spec_m = self._forward(m, self._spec2)
+        mu = self._xcorr(self._T1, spec_m, self._outs[0][:b], keep=True).div_(nm)
+        e2 = self._xcorr(self._T2, spec_m, self._outs[1][:b], keep=False).div_(nm)
+        var = e2.sub_(mu.mul_(mu)).clamp_(min=0.0).sqrt_()
+        var.masked_fill_(var <= _SIGMA_FLOOR, 1.0)
+        return num.div_(var.mul_(nm))
+
+    def _mcc(self, g: torch.Tensor, m: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        b = g.shape[0]
+        gh = self._standardize(g, m)
+        o1, o2, o3, o4, o5 = (x[:b] for x in self._outs)
+        spec_g = self._forward(gh)
+        spec_m = self._forward(m, self._spec2)
+        spec_g2 = self._forward(gh * gh, self._spec3)
+        a = self._xcorr(self._T1, spec_g, out, keep=True)  # f' ⋆ ĝ
+        d = self._xcorr(self._Tt, spec_g, o1, keep=False)  # t ⋆ ĝ
+        bb = self._xcorr(self._T1, spec_m, o2, keep=True)  # f' ⋆ m
+        e = self._xcorr(self._T2, spec_m, o3, keep=True)  # f'² ⋆ m
+        ov = self._xcorr(self._Tt, spec_m, o4, keep=False)  # t ⋆ m
+        h = self._xcorr(self._Tt, spec_g2, o5, keep=False)  # t ⋆ ĝ²
+        omax = ov.amax(dim=(1, 2, 3), keepdim=True)
+        low = ov < self.overlap_ratio * omax
+        ov.clamp_(min=_EPS)
+        num = a.sub_(bb * d / ov)
+        den1 = e.sub_(bb.mul_(bb).div_(ov)).clamp_(min=0.0)
+        den2 = h.sub_(d.mul_(d).div_(ov)).clamp_(min=0.0)
+        den = den1.mul_(den2).sqrt_()
+        dmax = den.amax(dim=(1, 2, 3), keepdim=True)
+        den = torch.where(den < 1000.0 * _EPS * dmax, torch.ones_like(den), den)
+        res = num.div_(den).clamp_(-1.0, 1.0)
+        return res.masked_fill_(low, 0.0)

@@ -1,0 +1,234 @@
+"""Tests for corrscan.core.projection: Fourier-slice projections and real-space rotations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
+
+from corrscan.core.projection import (
+    bspline_prefilter,
+    prepare_volume_rfft,
+    project,
+    project_fourier,
+    project_real_space_reference,
+    rotate_volume,
+    sample_volume,
+)
+from corrscan.core.rotations import euler_to_matrix
+from corrscan.errors import InputError
+from corrscan.synthetic.density import project_gaussians, pseudo_atom_map
+
+
+def _corr(a, b) -> float:
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+@pytest.fixture(scope="module")
+def atom_map():
+    vol, truth = pseudo_atom_map(32, n_atoms=150, sigma=1.5, seed=11)
+    return vol, truth
+
+
+@pytest.fixture(scope="module")
+def poses():
+    r = Rotation.random(4, random_state=21)
+    return r.as_matrix(), r.as_euler("ZYZ", degrees=True)
+
+
+# ---------------------------------------------------------------- Fourier-slice projection
+
+
+def test_project_matches_float64_line_integrals(atom_map, poses):
+    vol, truth = atom_map
+    mats, _ = poses
+    fourier = project(vol, mats.astype(np.float32))
+    ref = project_real_space_reference(vol, mats)
+    exact = project_gaussians(
+        truth["positions"], mats, (32, 32), sigma=truth["sigma_px"],
+        amplitudes=truth["amplitudes"],
+    ).numpy()
+    assert fourier.shape == (4, 32, 32) and fourier.dtype == np.float32
+    for f, r, e in zip(fourier, ref, exact, strict=True):
+        assert _corr(f, r) > 0.98
+        assert _corr(f, e) > 0.99
+        assert _corr(r, e) > 0.99
+        # same scale (line sums in voxel units), not just correlated
+        assert np.abs(f - e).max() < 0.05 * e.max()
+
+
+def test_leopard_setting_pad1_no_gridding(atom_map, poses):
+    vol, truth = atom_map
+    mats, _ = poses
+    p1 = project(vol, mats, pad=1.0, gridding_correction=False)
+    exact = project_gaussians(
+        truth["positions"], mats, (32, 32), sigma=truth["sigma_px"],
+        amplitudes=truth["amplitudes"],
+    ).numpy()
+    for a, e in zip(p1, exact, strict=True):
+        assert _corr(a, e) > 0.98
+
+
+def test_projection_identity_is_sum_over_z(atom_map):
+    vol, _ = atom_map
+    p = project(torch.as_tensor(vol, dtype=torch.float64), torch.eye(3, dtype=torch.float64))
+    np.testing.assert_allclose(p.numpy(), vol.sum(0), rtol=0, atol=2e-3 * vol.sum(0).max())
+
+
+def test_projection_direction_convention():
+    # a single off-centre atom at map (z, y, x) = c + (0, 0, 5) i.e. x = +5:
+    # R = Rz(90): P(y, x) = sum_z V(R (x, y, z)) = V(-y, x, z) -> peak where -y = 5, x = 0
+    vol, _ = np.zeros((21, 21, 21), np.float32), None
+    zz, yy, xx = np.meshgrid(*[np.arange(21)] * 3, indexing="ij")
+    vol = np.exp(-((zz - 10) ** 2 + (yy - 10) ** 2 + (xx - 15) ** 2) / 2.0).astype(np.float32)
+    p = project(vol, euler_to_matrix(np.array([90.0, 0.0, 0.0], np.float32)))
+    assert np.unravel_index(np.argmax(p), p.shape) == (10 - 5, 10)
+    # theta = 90 about y: the projection direction is +x: the atom lands on the centre
+    p = project(vol, euler_to_matrix(np.array([0.0, 90.0, 0.0], np.float32)))
+    assert np.unravel_index(np.argmax(p), p.shape) == (10, 10)
+
+
+def test_project_fourier_layout(atom_map, poses):
+    vol, _ = atom_map
+    mats, _ = poses
+    prepared = prepare_volume_rfft(torch.as_tensor(vol), pad=2.0)
+    sl = project_fourier(prepared, torch.as_tensor(mats))
+    assert sl.shape == (4, 32, 17) and sl.is_complex()
+    img = project(prepared, torch.as_tensor(mats))
+    torch.testing.assert_close(
+        torch.fft.fftshift(torch.fft.irfft2(sl, s=(32, 32)), dim=(-2, -1)), img
+    )
+    # DC = sum of the projection = sum of the map (all of it projects inside the box)
+    np.testing.assert_allclose(sl[:, 0, 0].real.numpy(), vol.sum(), rtol=2e-3)
+    # pad = 1: the slice is returned without extra FFTs and still has the same meaning
+    sl1 = project_fourier(prepare_volume_rfft(vol, pad=1.0, gridding_correction=False), mats)
+    assert isinstance(sl1, np.ndarray) and sl1.shape == (4, 32, 17)
+    np.testing.assert_allclose(sl1[:, 0, 0].real, vol.sum(), rtol=1e-3)
+
+
+def test_project_output_shape_and_batch(atom_map, poses):
+    vol, _ = atom_map
+    mats, _ = poses
+    full = project(vol, mats)
+    small = project(vol, mats.reshape(2, 2, 3, 3), output_shape=(24, 24), batch_size=1)
+    assert small.shape == (2, 2, 24, 24)
+    np.testing.assert_allclose(small.reshape(4, 24, 24), full[:, 4:28, 4:28], atol=1e-4)
+
+
+def test_projection_errors():
+    with pytest.raises(InputError):
+        prepare_volume_rfft(np.zeros((8, 8, 9), np.float32))
+    with pytest.raises(InputError):
+        prepare_volume_rfft(np.zeros((8, 8, 8), np.float32), pad=0.5)
+    with pytest.raises(InputError):
+        project(np.zeros((8, 8, 8), np.float32), np.zeros((2, 3)))
+
+
+# ---------------------------------------------------------------- real-space rotation
+
+
+@pytest.mark.parametrize("order", [0, 1, 3])
+def test_rotate_volume_rot90(order, rng):
+    v = rng.normal(size=(9, 9, 9))
+    eye = np.eye(3)
+    cases = {
+        # R = Rz(90): out(x, y, z) = V(-y, x, z)
+        (90.0, 0.0, 0.0): np.rot90(v, 1, axes=(1, 2)),
+        # R = Ry(90): out(x, y, z) = V(z, y, -x)
+        (0.0, 90.0, 0.0): np.rot90(v, 1, axes=(2, 0)),
+        (180.0, 0.0, 0.0): np.rot90(v, 2, axes=(1, 2)),
+    }
+    for ang, expected in cases.items():
+        out = rotate_volume(v, euler_to_matrix(np.array(ang)), order=order)
+        np.testing.assert_allclose(out, expected, atol=1e-9)
+    # R = Rx(90) = Rz(-90) Ry(90) Rz(90): out(x, y, z) = V(x, -z, y)
+    rx = np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])
+    np.testing.assert_allclose(
+        rotate_volume(v, rx, order=order), np.rot90(v, 1, axes=(0, 1)), atol=1e-9
+    )
+    np.testing.assert_allclose(rotate_volume(v, eye, order=order), v, atol=1e-9)
+
+
+def test_rotate_volume_even_size_centre(rng):
+    # even size: the centre is N // 2, so rot90 about it = np.rot90 shifted by one voxel
+    v = rng.normal(size=(8, 8, 8))
+    out = rotate_volume(v, euler_to_matrix(np.array([90.0, 0.0, 0.0])))
+    exp = np.roll(np.rot90(v, 1, axes=(1, 2)), 1, axis=1)
+    np.testing.assert_allclose(out[:, 1:, :], exp[:, 1:, :], atol=1e-12)
+
+
+def test_rotate_volume_batched_channels_and_kinds(rng):
+    v = rng.normal(size=(2, 9, 9, 9)).astype(np.float32)
+    mats = Rotation.random(3, random_state=1).as_matrix().astype(np.float32)
+    out = rotate_volume(torch.as_tensor(v), torch.as_tensor(mats))
+    assert isinstance(out, torch.Tensor) and out.shape == (3, 2, 9, 9, 9)
+    one = rotate_volume(v[1], mats[2])
+    assert isinstance(one, np.ndarray) and one.shape == (9, 9, 9)
+    np.testing.assert_allclose(out[2, 1].numpy(), one, atol=1e-5)
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_rotations_compose(order, atom_map):
+    vol, _ = atom_map
+    r1, r2 = Rotation.random(2, random_state=7).as_matrix()
+    two_steps = rotate_volume(rotate_volume(vol, r1, order=order), r2, order=order)
+    direct = rotate_volume(vol, r1 @ r2, order=order)
+    sl = slice(6, 26)
+    assert _corr(two_steps[sl, sl, sl], direct[sl, sl, sl]) > (0.995 if order == 3 else 0.98)
+    # and the inverse undoes it
+    back = rotate_volume(rotate_volume(vol, r1, order=order), r1.T, order=order)
+    assert _corr(back[sl, sl, sl], vol[sl, sl, sl]) > (0.995 if order == 3 else 0.98)
+
+
+def test_rotate_volume_cubic_matches_scipy(rng):
+    v = rng.normal(size=(11, 11, 11))
+    r = euler_to_matrix(np.array([30.0, 40.0, 50.0]))
+    ours = rotate_volume(v, r, order=3)
+    # scipy: out[o] = in[M o + offset] in (z, y, x) index order
+    m = r[::-1, ::-1]
+    c = np.full(3, 5.0)
+    ref = ndimage.affine_transform(v, m, offset=c - m @ c, order=3, mode="mirror")
+    inner = slice(3, 8)
+    np.testing.assert_allclose(ours[inner, inner, inner], ref[inner, inner, inner], atol=1e-9)
+
+
+def test_bspline_prefilter_matches_scipy(rng):
+    v = rng.normal(size=(7, 8, 9))
+    np.testing.assert_allclose(
+        bspline_prefilter(torch.as_tensor(v)).numpy(),
+        ndimage.spline_filter(v, order=3, mode="mirror"),
+        atol=1e-10,
+    )
+
+
+def test_rotate_then_sum_equals_projection(atom_map, poses):
+    vol, _ = atom_map
+    mats, _ = poses
+    summed = rotate_volume(vol, mats.astype(np.float32)).sum(1)
+    proj = project(vol, mats.astype(np.float32))
+    for a, b in zip(summed, proj, strict=True):
+        assert _corr(a, b) > 0.99
+
+
+def test_sample_volume_at_grid_points(rng):
+    v = torch.as_tensor(rng.normal(size=(1, 6, 7, 8)))
+    z, y, x = torch.meshgrid(torch.arange(6.0), torch.arange(7.0), torch.arange(8.0), indexing="ij")
+    idx = torch.stack([x, y, z], -1)[None].to(torch.float64)
+    for order in (0, 1, 3):
+        torch.testing.assert_close(sample_volume(v, idx, order=order)[0], v, atol=1e-9, rtol=0)
+    with pytest.raises(InputError):
+        sample_volume(v, idx, order=2)
+
+
+def test_rotate_volume_centre_argument(rng):
+    v = rng.normal(size=(9, 9, 9))
+    # rotating about voxel (4, 4, 4) explicitly = default
+    r = euler_to_matrix(np.array([90.0, 0.0, 0.0]))
+    np.testing.assert_allclose(rotate_volume(v, r, center=(4, 4, 4)), rotate_volume(v, r))
+    # about a corner: the corner voxel stays
+    out = rotate_volume(v, r, center=(0, 0, 0), order=1)
+    assert out[3, 0, 0] == pytest.approx(v[3, 0, 0])
