@@ -385,17 +385,19 @@ def test_fourier_crop_3d_odd_and_errors(rng: np.random.Generator) -> None:
 
 def test_rfftn_padded_equals_padded_rfftn(rng: np.random.Generator) -> None:
     x = torch.as_tensor(rng.normal(size=(3, 5, 7, 6)))
-    got = F.rfftn_padded(x, (11, 12, 16))
     ref = torch.fft.rfftn(x, s=(11, 12, 16), dim=(-3, -2, -1))
-    assert torch.allclose(got, ref, atol=1e-10)
+    for prune in (None, True, False):
+        got = F.rfftn_padded(x, (11, 12, 16), prune=prune)
+        assert torch.allclose(got, ref, atol=1e-10)
     got2 = F.rfftn_padded(x[0, 0], (20, 9))
     assert torch.allclose(got2, torch.fft.rfftn(x[0, 0], s=(20, 9)), atol=1e-10)
     # centred: template index m // 2 at the origin (wrapped around the corners)
     big = torch.zeros(3, 11, 12, 16, dtype=torch.float64)
     big[:, :5, :7, :6] = x
     ref_c = torch.fft.rfftn(torch.roll(big, (-2, -3, -3), dims=(-3, -2, -1)), dim=(-3, -2, -1))
-    got_c = F.rfftn_padded(x, (11, 12, 16), center=True)
-    assert torch.allclose(got_c, ref_c, atol=1e-10)
+    for prune in (True, False):
+        got_c = F.rfftn_padded(x, (11, 12, 16), center=True, prune=prune)
+        assert torch.allclose(got_c, ref_c, atol=1e-10)
 
 
 # ------------------------------------------------------------------------------------------
@@ -422,18 +424,20 @@ def test_kinds_and_dtypes(rng: np.random.Generator) -> None:
 
 def test_whitening_and_spectrum_of_volumes() -> None:
     # 3D (pyTME-style): coloured noise volume whitened by its own filter
-    n = 48
+    n = 32
     k = F.frequency_radius((n, n, n), dtype=torch.float64)
     colour = 1.0 / (0.05 + k)
     noise = torch.randn(n, n, n, dtype=torch.float64)
     v = torch.fft.irfftn(torch.fft.rfftn(noise) * colour, s=(n, n, n))
     filt = F.whitening_filter(v)
     assert filt.shape == (n, n, n // 2 + 1)
-    freq, p = F.radial_power_spectrum(
+    freq, p0 = F.radial_power_spectrum(v, n_bins=16)
+    sel = (freq > 0.05) & (freq <= 0.5)
+    assert float(p0[sel].max() / p0[sel].min()) > 20
+    _, p = F.radial_power_spectrum(
         torch.fft.irfftn(torch.fft.rfftn(v) * filt, s=(n, n, n)), n_bins=16
     )
-    sel = (freq > 0.05) & (freq <= 0.5)
-    assert float(p[sel].max() / p[sel].min()) < 1.15
+    assert float(p[sel].max() / p[sel].min()) < 1.45  # 10 seeds: <= 1.31
 
 
 @requires_cuda

@@ -25,7 +25,9 @@ def _nearest_distance(samples: torch.Tensor, grid: torch.Tensor, sym: torch.Tens
     """Brute-force distance (deg) of each sample to the nearest grid rotation (mod symmetry)."""
     qg = rot.matrix_to_quaternion(grid.to(torch.float64))
     if sym is not None:  # expand the grid by its symmetry images S @ G
-        qg = rot.matrix_to_quaternion((sym[:, None] @ grid[None].to(torch.float64)).reshape(-1, 3, 3))
+        qg = rot.matrix_to_quaternion(
+            (sym[:, None] @ grid[None].to(torch.float64)).reshape(-1, 3, 3)
+        )
     qs = rot.matrix_to_quaternion(samples.to(torch.float64))
     best = torch.cat([(c @ qg.T).abs().amax(1) for c in qs.split(2048)])
     return 2.0 * torch.rad2deg(torch.acos(best.clamp(max=1.0)))
@@ -163,8 +165,17 @@ def test_angular_distance_sym():
 
 @pytest.mark.parametrize(
     ("sym", "order"),
-    [("C1", 1), ("C2", 2), ("C7", 7), ("D1", 2), ("D2", 4), ("D6", 12), ("T", 12), ("O", 24),
-     ("I", 60)],
+    [
+        ("C1", 1),
+        ("C2", 2),
+        ("C7", 7),
+        ("D1", 2),
+        ("D2", 4),
+        ("D6", 12),
+        ("T", 12),
+        ("O", 24),
+        ("I", 60),
+    ],
 )
 def test_symmetry_groups_order_and_closure(sym, order):
     g = rot.symmetry_matrices(sym, dtype=torch.float64)
@@ -319,8 +330,12 @@ def test_local_grid_at_pole_is_uniform():
 
 def test_local_grid_euler_mode():
     loc = rot.local_grid(
-        np.array([10.0, 50.0, 20.0]), half_range_deg=2.0, step_deg=1.0, mode="euler",
-        psi_half_range_deg=1.0, psi_step_deg=0.5,
+        np.array([10.0, 50.0, 20.0]),
+        half_range_deg=2.0,
+        step_deg=1.0,
+        mode="euler",
+        psi_half_range_deg=1.0,
+        psi_step_deg=0.5,
     )
     assert loc.shape == (5 * 5 * 5, 3)
     np.testing.assert_allclose(loc[0], [10, 50, 20])
@@ -341,6 +356,6 @@ def test_cone_grid():
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     a = axis / np.linalg.norm(axis)
     v = v[np.degrees(np.arccos(np.clip(v @ a, -1, 1))) < 15.0]
-    dirs = d[:: 12].numpy()
+    dirs = d[::12].numpy()
     nearest = np.degrees(np.arccos(np.clip(v @ dirs.T, -1, 1))).min(1)
     assert nearest.max() < 3.0

@@ -37,7 +37,9 @@ def _parse_limits(text: str | None) -> tuple[float, float] | None:
 
 def _check_method(method: str) -> str:
     if method.lower() not in _METHODS:
-        raise typer.BadParameter(f"{method!r}: use one of {', '.join(_METHODS)}", param_hint="--method")
+        raise typer.BadParameter(
+            f"{method!r}: use one of {', '.join(_METHODS)}", param_hint="--method"
+        )
     return method.lower()
 
 
@@ -46,20 +48,30 @@ def register(app: typer.Typer) -> None:
 
     @app.command("contrast")
     def contrast(
-        tomogram: Path = typer.Argument(..., help="Tomogram: MRC file or OME-Zarr folder (or .npy)."),
+        tomogram: Path = typer.Argument(
+            ..., help="Tomogram: MRC file or OME-Zarr folder (or .npy)."
+        ),
         method: str = typer.Option("gmm", "--method", "-m", help="gmm | cdf | percentile."),
         z_radius: str = typer.Option(
-            "auto", "--z-radius", help="Slab radius around the central slice: auto, computed, all, or N."
+            "auto",
+            "--z-radius",
+            help="Slab radius around the central slice: auto, computed, all, or N.",
         ),
         downsampling_ratio: float = typer.Option(
             0.3, "--downsampling-ratio", help="Fraction of the slab's voxels sampled (0 < r <= 1)."
         ),
         all_voxels: bool = typer.Option(False, "--all-voxels", help="Use every voxel of the slab."),
-        max_samples: int = typer.Option(1_000_000, "--max-samples", help="Cap on the sampled voxels."),
+        max_samples: int = typer.Option(
+            1_000_000, "--max-samples", help="Cap on the sampled voxels."
+        ),
         seed: int = typer.Option(42, "--seed", help="Sampling seed."),
-        central_z: float | None = typer.Option(None, "--central-z", help="Slab centre slice (default: middle)."),
+        central_z: float | None = typer.Option(
+            None, "--central-z", help="Slab centre slice (default: middle)."
+        ),
         level: int = typer.Option(0, "--level", help="OME-Zarr pyramid level."),
-        plot: Path | None = typer.Option(None, "--plot", help="Write a histogram PNG with the limits marked."),
+        plot: Path | None = typer.Option(
+            None, "--plot", help="Write a histogram PNG with the limits marked."
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
     ) -> None:
         """Compute contrast limits of a tomogram (GMM/BIC, CDF gradient or percentiles)."""
@@ -101,20 +113,35 @@ def register(app: typer.Typer) -> None:
             j = d["chosen_component"]
             typer.echo(
                 f"  {d['n_components']} component(s) by BIC; chosen mean={d['means'][j]:.6g} "
-                f"std={d['stds'][j]:.6g}; multipliers {d['multipliers'][0]:g}, {d['multipliers'][1]:g}"
+                f"std={d['stds'][j]:.6g}; "
+                f"multipliers {d['multipliers'][0]:g}, {d['multipliers'][1]:g}"
             )
         if plot is not None:
             typer.echo(f"  histogram: {plot}")
 
     @app.command("view")
     def view(
-        tomogram: Path = typer.Argument(..., help="Tomogram: MRC file or OME-Zarr folder (or .npy)."),
-        picks: Path | None = typer.Option(None, "--picks", help="Particle picks (STAR or CSV, RELION columns)."),
-        method: str = typer.Option("gmm", "--method", "-m", help="Contrast-limit method: gmm | cdf | percentile."),
-        limits: str | None = typer.Option(None, "--limits", help="Explicit limits LOW,HIGH (skips the method)."),
-        voxel_size: float | None = typer.Option(None, "--voxel-size", help="Å per voxel (default: from the file)."),
-        volume_rendering: bool = typer.Option(False, "--volume-rendering", help="Start with volume rendering on."),
-        layout: str = typer.Option("4panel", "--layout", help="Neuroglancer layout (4panel, xy, 3d, xy-3d, ...)."),
+        tomogram: Path = typer.Argument(
+            ..., help="Tomogram: MRC file or OME-Zarr folder (or .npy)."
+        ),
+        picks: Path | None = typer.Option(
+            None, "--picks", help="Particle picks (STAR or CSV, RELION columns)."
+        ),
+        method: str = typer.Option(
+            "gmm", "--method", "-m", help="Contrast-limit method: gmm | cdf | percentile."
+        ),
+        limits: str | None = typer.Option(
+            None, "--limits", help="Explicit limits LOW,HIGH (skips the method)."
+        ),
+        voxel_size: float | None = typer.Option(
+            None, "--voxel-size", help="Å per voxel (default: from the file)."
+        ),
+        volume_rendering: bool = typer.Option(
+            False, "--volume-rendering", help="Start with volume rendering on."
+        ),
+        layout: str = typer.Option(
+            "4panel", "--layout", help="Neuroglancer layout (4panel, xy, 3d, xy-3d, ...)."
+        ),
         level: int = typer.Option(0, "--level", help="OME-Zarr pyramid level."),
         bind: str = typer.Option("127.0.0.1", "--bind", help="Loopback address to serve on."),
         port: int = typer.Option(0, "--port", help="Port (0: any free port)."),
@@ -125,7 +152,7 @@ def register(app: typer.Typer) -> None:
             None, "--timeout", help="Stop serving after this many seconds (default: until Ctrl-C)."
         ),
     ) -> None:
-        """Serve a local Neuroglancer viewer (bundled client, loopback only) with computed limits."""
+        """Serve a local Neuroglancer viewer (bundled client, loopback only) with the limits."""
         from corrscan.contrast.viewer import chromium_screenshot, serve_viewer
         from corrscan.errors import CorrscanError
 

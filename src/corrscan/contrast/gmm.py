@@ -83,7 +83,9 @@ class GMMSelection:
     extra: dict = field(default_factory=dict)
 
 
-def _log_component_density(u: np.ndarray, w: np.ndarray, mu: np.ndarray, var: np.ndarray) -> np.ndarray:
+def _log_component_density(
+    u: np.ndarray, w: np.ndarray, mu: np.ndarray, var: np.ndarray
+) -> np.ndarray:
     """`(B, K, m)` ``log w_k + log N(u_i | mu_k, var_k)`` (``-inf`` for zero weights)."""
     with np.errstate(divide="ignore"):
         logw = np.log(w)
@@ -177,7 +179,9 @@ def _em(
     return w, mu, var, ll, steps, converged
 
 
-def _expected_counts(binned: BinnedSample, w: np.ndarray, mu: np.ndarray, var: np.ndarray) -> np.ndarray:
+def _expected_counts(
+    binned: BinnedSample, w: np.ndarray, mu: np.ndarray, var: np.ndarray
+) -> np.ndarray:
     """`(m,)` expected counts per bin under one mixture (standardised units)."""
     sd = np.sqrt(var)
     cdf_r = ndtr((binned.right[None, :] - mu[:, None]) / sd[:, None])
@@ -257,7 +261,9 @@ def fit_gmm_series(
             m1 = float(binned.sum1.sum() / n)
             v1 = max(float(binned.sum2.sum() / n) - m1 * m1, var_floor)
             w, mu, var = np.ones((1, 1)), np.full((1, 1), m1), np.full((1, 1), v1)
-            w, mu, var, ll, it, conv = _em(binned, w, mu, var, tol=tol, max_iter=1, var_floor=var_floor)
+            w, mu, var, ll, it, conv = _em(
+                binned, w, mu, var, tol=tol, max_iter=1, var_floor=var_floor
+            )
             conv = True
         else:
             assert best_std is not None
@@ -265,7 +271,9 @@ def fit_gmm_series(
             w = np.stack([i[0] for i in inits])
             mu = np.stack([i[1] for i in inits])
             var = np.stack([i[2] for i in inits])
-            w, mu, var, ll, it, conv = _em(binned, w, mu, var, tol=tol, max_iter=max_iter, var_floor=var_floor)
+            w, mu, var, ll, it, conv = _em(
+                binned, w, mu, var, tol=tol, max_iter=max_iter, var_floor=var_floor
+            )
         ll = np.where(np.isfinite(ll), ll, -np.inf)
         b = int(np.argmax(ll))
         best_std = (w[b], mu[b], var[b])
@@ -296,7 +304,11 @@ def _multipliers(
     if k in table:
         a, b = table[k]
     else:
-        a, b = table[max(key for key in table if key <= k)] if any(key <= k for key in table) else (2.0, 0.5)
+        a, b = (
+            table[max(key for key in table if key <= k)]
+            if any(key <= k for key in table)
+            else (2.0, 0.5)
+        )
     return (float(a if low is None else low), float(b if high is None else high))
 
 
@@ -327,8 +339,18 @@ def gmm_limits(
     if binned.maximum <= binned.minimum:
         v = binned.minimum
         fit = GMMFit(np.ones(1), np.full(1, v), np.zeros(1), 0.0, 0.0, 0, True)
-        return GMMSelection([fit], fit, 0, _multipliers(1, multipliers, low_std_multiplier, high_std_multiplier), (v, v), v)
-    for name, val in (("low_std_multiplier", low_std_multiplier), ("high_std_multiplier", high_std_multiplier)):
+        return GMMSelection(
+            [fit],
+            fit,
+            0,
+            _multipliers(1, multipliers, low_std_multiplier, high_std_multiplier),
+            (v, v),
+            v,
+        )
+    for name, val in (
+        ("low_std_multiplier", low_std_multiplier),
+        ("high_std_multiplier", high_std_multiplier),
+    ):
         if val is not None and not (np.isfinite(val) and val >= 0):
             raise InputError(f"{name} must be a finite number >= 0, got {val}")
     fits = fit_gmm_series(binned, max_components, tol=tol, max_iter=max_iter)

@@ -4,9 +4,10 @@ The GMM is fitted to a histogram rather than to millions of voxels: per bin we k
 the sum and the sum of squares of the values that fell in it, so the EM M-step uses the exact
 first and second moments of every bin (only the responsibilities are evaluated at the bin
 mean). Sums are kept in standardised units ``u = (x - median) / robust_std`` so that data with a
-large offset (portal tomograms span ±0.001 to ±40,000) lose no precision. Bins are uniform over a robust core range ``median ± k · robust_std`` (robust std from
-the inter-quartile range, so outliers do not coarsen the bins) and, outside it, uniform over
-each tail up to the sample's minimum/maximum; nothing is dropped.
+large offset (portal tomograms span ±0.001 to ±40,000) lose no precision. Bins are uniform
+over a robust core range ``median ± k · robust_std`` (robust std from the inter-quartile range,
+so outliers do not coarsen the bins) and, outside it, uniform over each tail up to the
+sample's minimum/maximum; nothing is dropped.
 """
 
 from __future__ import annotations

@@ -42,7 +42,14 @@ AUTO_Z_RADIUS: dict[str, int] = {"gmm": 15, "cdf": 5, "percentile": 15}
 
 _OPTIONS: dict[str, frozenset[str]] = {
     "gmm": frozenset(
-        {"max_components", "low_std_multiplier", "high_std_multiplier", "multipliers", "tol", "max_iter"}
+        {
+            "max_components",
+            "low_std_multiplier",
+            "high_std_multiplier",
+            "multipliers",
+            "tol",
+            "max_iter",
+        }
     ),
     "cdf": frozenset({"gradient_threshold", "n_bins", "robust_k"}),
     "percentile": frozenset({"low_percentile", "high_percentile"}),

@@ -84,7 +84,11 @@ def picks_from_table(
     if {"rlnCoordinateX", "rlnCoordinateY"} <= cols:
         x = df["rlnCoordinateX"].to_numpy(np.float64)
         y = df["rlnCoordinateY"].to_numpy(np.float64)
-        z = df["rlnCoordinateZ"].to_numpy(np.float64) if "rlnCoordinateZ" in cols else np.zeros_like(x)
+        z = (
+            df["rlnCoordinateZ"].to_numpy(np.float64)
+            if "rlnCoordinateZ" in cols
+            else np.zeros_like(x)
+        )
     elif {"rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst"} <= cols:
         if voxel_size is None or shape is None:
             raise InputError(
@@ -144,7 +148,7 @@ def read_picks(
             tables = read_star(path)
         except (FileFormatError, InputError):
             raise
-        except Exception as exc:  # noqa: BLE001 - parser errors of all kinds
+        except Exception as exc:
             raise FileFormatError(f"{path}: not a readable STAR file ({exc})") from None
     df = _pick_block(tables, str(path))
     return picks_from_table(df, voxel_size=voxel_size, shape=shape, source=str(path))

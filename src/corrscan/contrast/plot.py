@@ -42,7 +42,9 @@ def plot_contrast_histogram(
         xlo, xhi = xlo - 0.5, xhi + 0.5
     values = np.clip(report.sample, xlo, xhi)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    counts, edges, _ = ax.hist(values, bins=n_bins, range=(xlo, xhi), color="0.6", label="sampled voxels")
+    counts, edges, _ = ax.hist(
+        values, bins=n_bins, range=(xlo, xhi), color="0.6", label="sampled voxels"
+    )
     if report.method == "gmm" and "means" in report.details:
         x = np.linspace(xlo, xhi, 800)
         bw = edges[1] - edges[0]
@@ -61,7 +63,9 @@ def plot_contrast_histogram(
     ax.set_xlabel("voxel value (data units)")
     ax.set_ylabel("count")
     z0, z1 = report.z_range
-    ax.set_title(title or f"{report.method} limits, slices {z0}..{z1 - 1}, {report.n_samples} voxels")
+    ax.set_title(
+        title or f"{report.method} limits, slices {z0}..{z1 - 1}, {report.n_samples} voxels"
+    )
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     out = Path(path)

@@ -97,7 +97,9 @@ def computed_slab(
     from scipy.signal import find_peaks
 
     n_z = std_curve.size
-    curve = np.nan_to_num(std_curve, nan=np.nanmax(std_curve) if np.isfinite(std_curve).any() else 0.0)
+    curve = np.nan_to_num(
+        std_curve, nan=np.nanmax(std_curve) if np.isfinite(std_curve).any() else 0.0
+    )
     span = float(curve.max() - curve.min())
     if span <= 0:
         warnings.warn(
@@ -222,7 +224,9 @@ def draw_sample(
         per_chunk = sizes
     else:
         per_chunk = rng.multinomial(n_total, sizes / sizes.sum())
-    out_dtype = np.float64 if source.dtype.kind == "f" and source.dtype.itemsize == 8 else np.float32
+    out_dtype = (
+        np.float64 if source.dtype.kind == "f" and source.dtype.itemsize == 8 else np.float32
+    )
     values = np.empty(int(per_chunk.sum()), dtype=out_dtype)
     filled = 0
     n_bad = 0

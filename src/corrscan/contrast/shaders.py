@@ -144,14 +144,17 @@ def point_shader(*, size: float = 8.0, opacity: float = 1.0, color_by_score: boo
 def oriented_point_shader(*, line_width: float = 2.0, opacity: float = 1.0) -> str:
     """Line annotations with an ``axis`` property (0, 1, 2) coloured red, green, blue."""
     if line_width <= 0 or not 0 <= opacity <= 1:
-        raise InputError(f"line width must be > 0 and opacity in [0, 1], got {line_width}, {opacity}")
+        raise InputError(
+            f"line width must be > 0 and opacity in [0, 1], got {line_width}, {opacity}"
+        )
     return "\n".join(
         [
             f"#uicontrol float line_width slider(min=0.5, max=10, default={_fmt(line_width)})",
             f"#uicontrol float opacity slider(min=0, max=1, default={_fmt(opacity)})",
             "void main() {",
             "  float a = prop_axis();",
-            "  vec3 c = a < 0.5 ? vec3(1.0, 0.0, 0.0) : (a < 1.5 ? vec3(0.0, 1.0, 0.0) : vec3(0.0, 0.0, 1.0));",
+            "  vec3 c = a < 0.5 ? vec3(1.0, 0.0, 0.0)",
+            "         : (a < 1.5 ? vec3(0.0, 1.0, 0.0) : vec3(0.0, 0.0, 1.0));",
             "  setColor(vec4(c, opacity));",
             "  setLineWidth(line_width);",
             "  setEndpointMarkerSize(0.0, 0.0);",

@@ -54,11 +54,15 @@ def _voxel_zyx(voxel_size: float | Sequence[float] | None) -> np.ndarray:
         return np.ones(3)
     vs = np.broadcast_to(np.asarray(voxel_size, dtype=np.float64), (3,)).copy()
     if not np.all(np.isfinite(vs)) or np.any(vs <= 0):
-        raise InputError(f"voxel_size must be positive Å (one value or (z, y, x)), got {voxel_size!r}")
+        raise InputError(
+            f"voxel_size must be positive Å (one value or (z, y, x)), got {voxel_size!r}"
+        )
     return vs
 
 
-def coordinate_space(voxel_size: float | Sequence[float] | None, *, order: str = "xyz") -> neuroglancer.CoordinateSpace:
+def coordinate_space(
+    voxel_size: float | Sequence[float] | None, *, order: str = "xyz"
+) -> neuroglancer.CoordinateSpace:
     """Neuroglancer coordinate space in metres for ``voxel_size`` Å (``(z, y, x)`` or scalar).
 
     ``order`` = ``"xyz"`` (global dimensions, annotations) or ``"zyx"`` (a NumPy volume).
@@ -66,7 +70,9 @@ def coordinate_space(voxel_size: float | Sequence[float] | None, *, order: str =
     vz, vy, vx = _voxel_zyx(voxel_size) * 1e-10
     scales = {"x": vx, "y": vy, "z": vz}
     names = list(order)
-    return neuroglancer.CoordinateSpace(names=names, units=["m"] * 3, scales=[scales[n] for n in names])
+    return neuroglancer.CoordinateSpace(
+        names=names, units=["m"] * 3, scales=[scales[n] for n in names]
+    )
 
 
 def join_url(base: str, *parts: str) -> str:
@@ -85,7 +91,14 @@ def join_url(base: str, *parts: str) -> str:
 def source_url(location: str, *, kind: str = "zarr") -> str:
     """Neuroglancer data-source URL ``"<kind>://<location>"`` (``location`` an http(s)/gs/s3
     URL; an existing ``kind://`` prefix is kept)."""
-    if "://" in location and location.split("://", 1)[0] in {"zarr", "zarr2", "zarr3", "precomputed", "n5", "nifti"}:
+    if "://" in location and location.split("://", 1)[0] in {
+        "zarr",
+        "zarr2",
+        "zarr3",
+        "precomputed",
+        "n5",
+        "nifti",
+    }:
         return location
     if kind not in {"zarr", "zarr2", "zarr3", "precomputed", "n5", "nifti"}:
         raise InputError(f"unknown Neuroglancer source kind {kind!r}")
@@ -102,7 +115,9 @@ def local_volume(
     if len(getattr(data, "shape", ())) == 2:
         data = np.asarray(data)[None]
     if len(getattr(data, "shape", ())) != 3:
-        raise InputError(f"local volume must be (z, y, x), got shape {getattr(data, 'shape', None)}")
+        raise InputError(
+            f"local volume must be (z, y, x), got shape {getattr(data, 'shape', None)}"
+        )
     kwargs: dict[str, Any] = {"dimensions": coordinate_space(voxel_size, order="zyx")}
     if segmentation:
         kwargs["volume_type"] = "segmentation"
@@ -348,7 +363,9 @@ def oriented_point_layer(
     ]
     return neuroglancer.LocalAnnotationLayer(
         dimensions=coordinate_space(voxel_size),
-        annotation_properties=[neuroglancer.AnnotationPropertySpec(id="axis", type="float32", default=0.0)],
+        annotation_properties=[
+            neuroglancer.AnnotationPropertySpec(id="axis", type="float32", default=0.0)
+        ],
         annotations=annotations,
         shader=oriented_point_shader(line_width=line_width, opacity=opacity),
     )
@@ -365,7 +382,9 @@ def picks_layers(
 ) -> dict[str, neuroglancer.LocalAnnotationLayer]:
     """``{name: point layer}`` plus ``{name + "-axes": oriented layer}`` when picks have angles."""
     layers: dict[str, Any] = {
-        name: point_layer(picks.coordinates, voxel_size=voxel_size, scores=picks.scores, color=color, size=size)
+        name: point_layer(
+            picks.coordinates, voxel_size=voxel_size, scores=picks.scores, color=color, size=size
+        )
     }
     if picks.angles is not None:
         layers[f"{name}-axes"] = oriented_point_layer(
@@ -420,7 +439,10 @@ def viewer_state(
         raise InputError(f"unknown layout {layout!r}: use one of {', '.join(_LAYOUTS)}")
     q = np.asarray(projection_orientation, dtype=np.float64)
     if q.shape != (4,) or not np.isclose(np.linalg.norm(q), 1.0, atol=1e-6):
-        raise InputError(f"projection_orientation must be a unit quaternion (x, y, z, w), got {projection_orientation}")
+        raise InputError(
+            "projection_orientation must be a unit quaternion (x, y, z, w), "
+            f"got {projection_orientation}"
+        )
     state = neuroglancer.ViewerState()
     state.dimensions = coordinate_space(voxel_size)
     for name, layer in items:
@@ -444,7 +466,8 @@ def viewer_state(
     state.projection_orientation = [float(v) for v in q]
     if show_slices is None:
         show_slices = not any(
-            isinstance(layer, neuroglancer.ImageLayer) and layer.volume_rendering_mode in ("on", True, "max", "min")
+            isinstance(layer, neuroglancer.ImageLayer)
+            and layer.volume_rendering_mode in ("on", True, "max", "min")
             for _, layer in items
         )
     state.show_slices = bool(show_slices)
@@ -512,7 +535,9 @@ def _has_local_sources(state: neuroglancer.ViewerState) -> bool:
     return False
 
 
-def state_url(state: neuroglancer.ViewerState, prefix: str = "https://neuroglancer-demo.appspot.com/") -> str:
+def state_url(
+    state: neuroglancer.ViewerState, prefix: str = "https://neuroglancer-demo.appspot.com/"
+) -> str:
     """Shareable URL ``prefix#!<state JSON>`` (Neuroglancer's URL encoding).
 
     Raises :class:`InputError` if a layer is served from a local array (the URL would not work

@@ -64,7 +64,11 @@ CHROMIUM_FLAGS: tuple[str, ...] = (
 def bundled_client_available() -> bool:
     """Whether the installed ``neuroglancer`` ships its compiled client (``static/client``)."""
     try:
-        return importlib.resources.files("neuroglancer.static").joinpath("client", "index.html").is_file()
+        return (
+            importlib.resources.files("neuroglancer.static")
+            .joinpath("client", "index.html")
+            .is_file()
+        )
     except (ModuleNotFoundError, FileNotFoundError):
         return False
 
@@ -75,7 +79,9 @@ def _check_loopback(bind_address: str) -> str:
     try:
         ip = ipaddress.ip_address(bind_address)
     except ValueError:
-        raise InputError(f"bind address {bind_address!r} is not an IP address: use 127.0.0.1") from None
+        raise InputError(
+            f"bind address {bind_address!r} is not an IP address: use 127.0.0.1"
+        ) from None
     if not ip.is_loopback:
         raise InputError(
             f"bind address {bind_address} is not a loopback address: the viewer serves local "
@@ -219,7 +225,9 @@ def serve_viewer(
         if not ipaddress.ip_address(host).is_loopback:  # pragma: no cover - someone else's server
             neuroglancer.stop()
     neuroglancer.set_server_bind_address(bind, int(port))
-    neuroglancer.set_static_content_source(source=neuroglancer.static.get_default_static_content_source())
+    neuroglancer.set_static_content_source(
+        source=neuroglancer.static.get_default_static_content_source()
+    )
 
     data = _ArrayView(source)
     layers: dict[str, Any] = {

@@ -82,7 +82,9 @@ def _check_shape(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
     return (int(shape[0]), int(shape[1]), int(shape[2]))
 
 
-def _from_indexable(data: Any, name: str, voxel_size: Any, to_numpy: Callable[[Any], np.ndarray]) -> VolumeSource:
+def _from_indexable(
+    data: Any, name: str, voxel_size: Any, to_numpy: Callable[[Any], np.ndarray]
+) -> VolumeSource:
     shape3 = _check_shape(tuple(int(s) for s in data.shape), name)
     two_d = len(data.shape) == 2
 
@@ -92,7 +94,14 @@ def _from_indexable(data: Any, name: str, voxel_size: Any, to_numpy: Callable[[A
         return to_numpy(data[z0:z1])
 
     dtype = np.dtype(data.dtype)
-    return VolumeSource(shape3, dtype.newbyteorder("=") if dtype.byteorder != "|" else dtype, name, voxel_size, data, reader)
+    return VolumeSource(
+        shape3,
+        dtype.newbyteorder("=") if dtype.byteorder != "|" else dtype,
+        name,
+        voxel_size,
+        data,
+        reader,
+    )
 
 
 def _torch_source(t: Any, name: str) -> VolumeSource:
@@ -159,7 +168,7 @@ def _ome_zarr_level(path: Path, level: int) -> tuple[Any, tuple[float, float, fl
 
     try:
         group = zarr.open_group(str(path), mode="r")
-    except Exception as exc:  # noqa: BLE001 - zarr raises many kinds
+    except Exception as exc:
         raise FileFormatError(f"{path}: not a readable Zarr group ({exc})") from None
     attrs = dict(group.attrs)
     ms = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")

@@ -46,7 +46,9 @@ class Config(BaseModel):
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of fields, got {type(data).__name__}")
+            raise ConfigError(
+                f"{path}: top level must be a mapping of fields, got {type(data).__name__}"
+            )
         return cls.from_dict(data, source=str(path))
 
     def to_yaml(self, path: str | Path) -> None:

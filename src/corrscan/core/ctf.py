@@ -219,36 +219,47 @@ def _ctf_kernel(
 
     Returns ``(*batch, *grid)``.
     """
+    dtype, device = k2.dtype, k2.device
+    # batch scalars in float64 (exact coefficients), the grid pass in the output dtype
     params = torch.broadcast_tensors(
-        pixel_size,
-        defocus,
-        defocus_v,
-        astigmatism_angle,
-        voltage,
-        spherical_aberration,
-        amplitude_contrast,
-        phase_shift,
-        b_factor,
+        *(
+            p.to(torch.float64)
+            for p in (
+                pixel_size,
+                defocus,
+                defocus_v,
+                astigmatism_angle,
+                voltage,
+                spherical_aberration,
+                amplitude_contrast,
+                phase_shift,
+                b_factor,
+            )
+        )
     )
     ps, du, dv, ang, kv, cs, ac, phi, bf = params
     g = (Ellipsis, *([None] * k2.ndim))
+
+    def coef(v: torch.Tensor) -> torch.Tensor:
+        return v.to(dtype)[g]
+
     lam = _wavelength_t(kv)
     inv_ps2 = 1.0 / ps**2
-    mean = 0.5 * (du + dv)
-    half = 0.5 * (du - dv)
-    # γ = -π λ [mean k² + half (cos2θ (kx²-ky²) + sin2θ 2kxky)] + π/2 Cs λ³ k⁴ - φ - asin A
-    a1 = (-math.pi * lam * inv_ps2)[g]
-    a2 = (0.5 * math.pi * (cs * 1e7) * lam**3 * inv_ps2**2)[g]
-    offset = (torch.deg2rad(phi) + torch.asin(ac))[g]
-    defocus_term = mean[g] * k2
-    if c2 is not None and s2 is not None and bool((half != 0).any()):
+    a1 = -math.pi * lam * inv_ps2
+    # γ = -πλ[mean k² + half (cos2θ (kx²-ky²) + sin2θ 2kxky)] + (π/2) Cs λ³ k⁴ - φ - asin A
+    out = torch.empty((*ps.shape, *k2.shape), dtype=dtype, device=device)
+    torch.mul(k2, coef(a1 * 0.5 * (du + dv)), out=out)
+    out.addcmul_(k2 * k2, coef(0.5 * math.pi * (cs * 1e7) * lam**3 * inv_ps2**2))
+    if c2 is not None and s2 is not None and bool((du != dv).any()):
         th = torch.deg2rad(2.0 * ang)
-        defocus_term = defocus_term + half[g] * (torch.cos(th)[g] * c2 + torch.sin(th)[g] * s2)
-    gamma = a1 * defocus_term + a2 * k2**2 - offset
-    ctf = -torch.sin(gamma)
+        half = a1 * 0.5 * (du - dv)
+        out.addcmul_(c2, coef(half * torch.cos(th)))
+        out.addcmul_(s2, coef(half * torch.sin(th)))
+    out.sub_(coef(torch.deg2rad(phi) + torch.asin(ac)))
+    out.sin_().neg_()
     if bool((bf != 0).any()):
-        ctf = ctf * torch.exp((-0.25 * bf * inv_ps2)[g] * k2)
-    return ctf
+        out.mul_(torch.exp(k2 * coef(-0.25 * bf * inv_ps2)))
+    return out
 
 
 def _common_params(

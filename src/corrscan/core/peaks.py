@@ -77,7 +77,7 @@ def gaussian_noise_zscore_cutoff(n_correlations: float, false_positives: float =
 
 def _footprint_offsets(ndim: int, min_distance: float, metric: Metric) -> np.ndarray:
     """Integer offsets `(k, ndim)` with distance <= ``min_distance`` (the origin included)."""
-    r = int(math.floor(min_distance))
+    r = math.floor(min_distance)
     rng = np.arange(-r, r + 1)
     grids = np.stack(np.meshgrid(*([rng] * ndim), indexing="ij"), axis=-1).reshape(-1, ndim)
     if metric == "euclidean":
@@ -107,7 +107,7 @@ def _ball_max(t: torch.Tensor, radius: float) -> torch.Tensor:
     other axes (about ``(2r+1)**(ndim-1) + r`` element-wise maxima).
     """
     nd = t.ndim
-    r = int(math.floor(radius))
+    r = math.floor(radius)
     if r == 0:
         return t.clone()
     pad = [r, r] * nd
@@ -128,13 +128,18 @@ def _ball_max(t: torch.Tensor, radius: float) -> torch.Tensor:
             torch.maximum(sl, p[..., 0 : length - 2 * w], out=sl)
             torch.maximum(sl, p[..., 2 * w : length], out=sl)
         for off in others[widths == w]:
-            idx = tuple(slice(r + int(o), r + int(o) + s) for o, s in zip(off, t.shape[:-1], strict=True))
+            idx = tuple(
+                slice(r + int(o), r + int(o) + s) for o, s in zip(off, t.shape[:-1], strict=True)
+            )
             torch.maximum(out, row[(*idx, inner[-1])], out=out)
     return out
 
 
 def maximum_filter(
-    score_map: Any, *, size: int | Sequence[int] | None = None, radius: float | None = None,
+    score_map: Any,
+    *,
+    size: int | Sequence[int] | None = None,
+    radius: float | None = None,
     metric: Metric = "chebyshev",
 ) -> Any:
     """Maximum filter of a `(H, W)` or `(D, H, W)` map; outside the map counts as ``-inf``.
@@ -175,7 +180,7 @@ def _max_filter(
     if radius < 0:
         raise InputError(f"radius must be >= 0, got {radius}")
     if metric == "chebyshev":
-        r = int(math.floor(radius))
+        r = math.floor(radius)
         return _box_max(t, [r] * nd, [r] * nd) if r > 0 else t.clone()
     if metric == "euclidean":
         return _ball_max(t, float(radius))
@@ -184,20 +189,22 @@ def _max_filter(
 
 def _border_mask(shape: Sequence[int], exclude_border: int | Sequence[int], device) -> torch.Tensor:
     nd = len(shape)
-    eb = (int(exclude_border),) * nd if isinstance(exclude_border, (int, np.integer)) else tuple(
-        int(e) for e in exclude_border
+    eb = (
+        (int(exclude_border),) * nd
+        if isinstance(exclude_border, (int, np.integer))
+        else tuple(int(e) for e in exclude_border)
     )
     if len(eb) != nd or any(e < 0 for e in eb):
         raise InputError(f"exclude_border must be >= 0 per axis ({nd} axes), got {exclude_border}")
     m = torch.zeros(tuple(shape), dtype=torch.bool, device=device)
-    inner = tuple(slice(e, s - e) if s - 2 * e > 0 else slice(0, 0) for e, s in zip(eb, shape, strict=True))
+    inner = tuple(
+        slice(e, s - e) if s - 2 * e > 0 else slice(0, 0) for e, s in zip(eb, shape, strict=True)
+    )
     m[inner] = True
     return m
 
 
-def _sorted_candidates(
-    t: torch.Tensor, cand: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _sorted_candidates(t: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat indices and values of ``cand`` pixels sorted by value desc, flat index asc."""
     flat = torch.nonzero(cand.reshape(-1), as_tuple=False).reshape(-1)
     vals = t.reshape(-1)[flat]
@@ -307,9 +314,7 @@ def _resolve_plateaus(
         return flat, vals
     tpos = torch.nonzero(tied).reshape(-1)
     coords = _unravel(flat[tpos], shape)  # (T, nd)
-    offs = torch.as_tensor(
-        _footprint_offsets(len(shape), min_distance, metric), device=flat.device
-    )
+    offs = torch.as_tensor(_footprint_offsets(len(shape), min_distance, metric), device=flat.device)
     offs = offs[(offs != 0).any(1)]
     shp = torch.as_tensor(tuple(shape), device=flat.device)
     tmask = torch.zeros(int(np.prod(shape)), dtype=torch.bool, device=flat.device)
@@ -422,10 +427,16 @@ def parabolic_vertex(y_minus: Any, y_0: Any, y_plus: Any, *, return_flag: bool =
     offset, height[, flag]
         Same kind and shape as ``y_0`` (Python floats/bool for scalar input).
     """
-    scalar = all(isinstance(v, (int, float, np.floating, np.integer)) for v in (y_minus, y_0, y_plus))
+    scalar = all(
+        isinstance(v, (int, float, np.floating, np.integer)) for v in (y_minus, y_0, y_plus)
+    )
     like = y_0
     ts = [to_tensor(v, name=n) for v, n in ((y_minus, "y_minus"), (y_0, "y_0"), (y_plus, "y_plus"))]
-    dt = torch.float64 if (scalar or array_kind(like) == "numpy" or any(t.dtype == torch.float64 for t in ts)) else torch.float32
+    dt = (
+        torch.float64
+        if (scalar or array_kind(like) == "numpy" or any(t.dtype == torch.float64 for t in ts))
+        else torch.float32
+    )
     dev = ts[1].device
     ym, y0, yp = (t.to(device=dev, dtype=dt) for t in ts)
     off, h, flag = _parabola(ym, y0, yp)
@@ -438,9 +449,11 @@ def parabolic_vertex(y_minus: Any, y_0: Any, y_plus: Any, *, return_flag: bool =
 
 def _quadratic_design(nd: int) -> tuple[np.ndarray, np.ndarray]:
     """Offsets `(3**nd, nd)` and the pseudo-inverse of the full quadratic design matrix."""
-    offs = np.stack(
-        np.meshgrid(*([np.arange(-1, 2)] * nd), indexing="ij"), -1
-    ).reshape(-1, nd).astype(np.float64)
+    offs = (
+        np.stack(np.meshgrid(*([np.arange(-1, 2)] * nd), indexing="ij"), -1)
+        .reshape(-1, nd)
+        .astype(np.float64)
+    )
     cols = [np.ones(len(offs))]
     cols += [offs[:, a] for a in range(nd)]
     cols += [offs[:, a] * offs[:, b] for a in range(nd) for b in range(a, nd)]
@@ -497,7 +510,11 @@ def subpixel_refine(
     if c.is_floating_point():
         if not bool((c == c.round()).all()):
             raise InputError("coords must be integer pixel indices")
-    c = c.to(torch.int64).reshape(-1, nd) if c.numel() else torch.zeros((0, nd), dtype=torch.int64, device=t.device)
+    c = (
+        c.to(torch.int64).reshape(-1, nd)
+        if c.numel()
+        else torch.zeros((0, nd), dtype=torch.int64, device=t.device)
+    )
     shp = torch.as_tensor(t.shape, device=t.device)
     if c.numel() and bool(((c < 0) | (c >= shp)).any()):
         raise InputError(f"coords must lie inside the map of shape {tuple(t.shape)}")
@@ -555,7 +572,9 @@ def subpixel_refine(
                 k += 1
         eig = torch.linalg.eigvalsh(hess)
         neg_def = (eig < 0).all(-1)
-        safe_h = torch.where(neg_def[:, None, None], hess, -torch.eye(nd, dtype=torch.float64, device=t.device))
+        safe_h = torch.where(
+            neg_def[:, None, None], hess, -torch.eye(nd, dtype=torch.float64, device=t.device)
+        )
         vert = -torch.linalg.solve(safe_h, g.unsqueeze(-1)).squeeze(-1)
         ok = neg_def & inside & (vert.abs() <= 1.0).all(-1)
         qval = p[:, 0] + 0.5 * (g * vert).sum(-1)

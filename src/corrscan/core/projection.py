@@ -123,7 +123,9 @@ def prepare_volume_rfft(
         t = t.to(torch.float32)
     d, h, w = t.shape
     if not (d == h == w):
-        raise InputError(f"volume must be cubic for Fourier slicing, got shape {tuple(t.shape)}: pad it")
+        raise InputError(
+            f"volume must be cubic for Fourier slicing, got shape {tuple(t.shape)}: pad it"
+        )
     if pad < 1.0:
         raise InputError(f"pad must be >= 1, got {pad}")
     p = int((d * (pad - 1.0)) // 2)
@@ -534,7 +536,9 @@ def project_real_space_reference(
     """
     vt, restore = unwrap(volume, name="volume", dtype=torch.float64)
     check_ndim(vt, 3, "volume", layout="(D, H, W)")
-    r, _ = unwrap(rotation_matrices, name="rotation_matrices", device=vt.device, dtype=torch.float64)
+    r, _ = unwrap(
+        rotation_matrices, name="rotation_matrices", device=vt.device, dtype=torch.float64
+    )
     single = r.ndim == 2
     r = _check_rotations(r if not single else r[None])
     d, h, w = vt.shape

@@ -339,12 +339,16 @@ def parse_symmetry(symmetry: str) -> tuple[str, int]:
     Case-insensitive; ``"I2"`` is accepted as ``"I"``. Raises :class:`InputError` otherwise.
     """
     if not isinstance(symmetry, str) or not symmetry.strip():
-        raise InputError(f"symmetry must be a string like 'C1', 'C4', 'D2', 'T', 'O', 'I': {symmetry!r}")
+        raise InputError(
+            f"symmetry must be a string like 'C1', 'C4', 'D2', 'T', 'O', 'I': {symmetry!r}"
+        )
     s = symmetry.strip().upper()
     letter, rest = s[0], s[1:]
     if letter in ("C", "D"):
         if not rest.isdigit() or int(rest) < 1:
-            raise InputError(f"symmetry {symmetry!r}: expected {letter}n with n >= 1, e.g. {letter}2")
+            raise InputError(
+                f"symmetry {symmetry!r}: expected {letter}n with n >= 1, e.g. {letter}2"
+            )
         return letter, int(rest)
     if letter in ("T", "O") and rest == "":
         return letter, 1
@@ -379,7 +383,9 @@ def _close_group(generators: list[torch.Tensor], order: int) -> torch.Tensor:
             break
         group = new
     if group.shape[0] != order:  # pragma: no cover - construction error
-        raise RuntimeError(f"symmetry group closure gave {group.shape[0]} operators, expected {order}")
+        raise RuntimeError(
+            f"symmetry group closure gave {group.shape[0]} operators, expected {order}"
+        )
     # identity first, then by rotation angle
     ang = _angle_of(group)
     return group[torch.argsort(ang, stable=True)]
@@ -491,7 +497,9 @@ def so3_grid(
     if psi_step <= 0 or theta_step <= 0:
         raise InputError(f"psi_step and theta_step must be > 0, got {psi_step}, {theta_step}")
     if base_grid not in ("uniform", "healpix", "cartesian"):
-        raise InputError(f"base_grid must be 'uniform', 'healpix' or 'cartesian', got {base_grid!r}")
+        raise InputError(
+            f"base_grid must be 'uniform', 'healpix' or 'cartesian', got {base_grid!r}"
+        )
     letter, n = parse_symmetry(symmetry or "C1")
     rng = torch_so3.get_symmetry_ranges(letter, n)
     phi_min, phi_max = phi_range if phi_range is not None else (rng.phi_min, rng.phi_max)
@@ -590,7 +598,7 @@ def _hopf_grid(nside: int, n_psi: int, psi_period: float = 360.0) -> torch.Tenso
 def _reduce_by_symmetry(
     r: torch.Tensor, sym: torch.Tensor, margin_deg: float, n_sub: int = 1
 ) -> torch.Tensor:
-    """Keep rotations ``R`` with ``min_{S in H} angle(S R) <= min_{S not in H} angle(S R) + margin``.
+    """Keep ``R`` with ``min_{S in H} angle(S R) <= min_{S not in H} angle(S R) + margin``.
 
     ``H`` = the first ``n_sub`` operators of ``sym`` (a subgroup whose reduction was already
     done exactly; identity only by default): the Dirichlet cell of ``H`` widened by ``margin``.
@@ -700,7 +708,7 @@ def n_rotations_for_step(angular_step: float, symmetry: str = "C1") -> int:
 
 def _ball_offsets(half_range_deg: float, step_deg: float) -> torch.Tensor:
     """Rotation vectors (radians) on a cubic lattice of spacing ``step`` inside a ball."""
-    k = int(math.floor(half_range_deg / step_deg + 1e-9))
+    k = math.floor(half_range_deg / step_deg + 1e-9)
     ax = torch.arange(-k, k + 1, dtype=torch.float64) * step_deg
     g = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), dim=-1).reshape(-1, 3)
     g = g[torch.linalg.norm(g, dim=-1) <= half_range_deg + 1e-9]
@@ -755,8 +763,8 @@ def local_grid(
     elif mode == "euler":
         ph = psi_half_range_deg if psi_half_range_deg is not None else half_range_deg
         ps = psi_step_deg if psi_step_deg is not None else step_deg
-        k = int(math.floor(half_range_deg / step_deg + 1e-9))
-        kp = int(math.floor(ph / ps + 1e-9))
+        k = math.floor(half_range_deg / step_deg + 1e-9)
+        kp = math.floor(ph / ps + 1e-9)
         a = torch.arange(-k, k + 1, dtype=torch.float64) * step_deg
         b = torch.arange(-kp, kp + 1, dtype=torch.float64) * ps
         off = torch.stack(torch.meshgrid(a, a, b, indexing="ij"), dim=-1).reshape(-1, 3)
@@ -825,8 +833,10 @@ def cone_grid(
     s = float(torch.linalg.norm(cross))
     c = float(torch.dot(z, a))
     if s < 1e-12:
-        rot = torch.eye(3, dtype=torch.float64) if c > 0 else torch.diag(
-            torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64)
+        rot = (
+            torch.eye(3, dtype=torch.float64)
+            if c > 0
+            else torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64))
         )
     else:
         rot = axis_angle_to_matrix(cross / s * math.atan2(s, c))

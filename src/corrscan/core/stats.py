@@ -246,9 +246,7 @@ class MaxAccumulator:
         if len(set(names)) != len(names):
             raise InputError(f"payload_names must be unique, got {names}")
         self.payload_names = names
-        self.tie_break: str | None = (
-            "index" if "index" in names else (names[0] if names else None)
-        )
+        self.tie_break: str | None = "index" if "index" in names else (names[0] if names else None)
         if not dtype.is_floating_point:
             raise InputError(f"dtype must be floating, got {dtype}")
         self.device = resolve_device(device)
@@ -283,9 +281,7 @@ class MaxAccumulator:
             if name not in self._payloads:
                 self._payloads[name] = self._fill_payload(name, dtypes[name])
 
-    def _fold(
-        self, new_max: torch.Tensor, new_payloads: Mapping[str, torch.Tensor]
-    ) -> None:
+    def _fold(self, new_max: torch.Tensor, new_payloads: Mapping[str, torch.Tensor]) -> None:
         """Fold per-pixel candidates (already reduced) into the state with the tie rule."""
         cur = self._max
         new_max = new_max.to(cur.dtype)
@@ -335,8 +331,7 @@ class MaxAccumulator:
             p = p.reshape(-1)
             if p.numel() != b:
                 raise InputError(
-                    f"payload {name!r} must have one value per batch item ({b}), "
-                    f"got {p.numel()}"
+                    f"payload {name!r} must have one value per batch item ({b}), got {p.numel()}"
                 )
             pl[name] = p
         self._ensure_payloads({n: p.dtype for n, p in pl.items()})
@@ -384,9 +379,7 @@ class MaxAccumulator:
         }
 
     @classmethod
-    def from_state_dict(
-        cls, d: Mapping[str, Any], device: DeviceLike = None
-    ) -> MaxAccumulator:
+    def from_state_dict(cls, d: Mapping[str, Any], device: DeviceLike = None) -> MaxAccumulator:
         """Rebuild from :meth:`state_dict` output on ``device`` (``None`` = auto)."""
         _check_format(d, "corrscan.MaxAccumulator")
         mx = _state_tensor(d, "max", "MaxAccumulator")
@@ -600,9 +593,7 @@ class MomentAccumulator:
         }
 
     @classmethod
-    def from_state_dict(
-        cls, d: Mapping[str, Any], device: DeviceLike = None
-    ) -> MomentAccumulator:
+    def from_state_dict(cls, d: Mapping[str, Any], device: DeviceLike = None) -> MomentAccumulator:
         """Rebuild from :meth:`state_dict` output on ``device`` (``None`` = auto)."""
         _check_format(d, "corrscan.MomentAccumulator")
         if int(d.get("frac_bits", -1)) != FRAC_BITS:
@@ -624,9 +615,7 @@ class MomentAccumulator:
         return acc
 
     def __repr__(self) -> str:
-        return (
-            f"MomentAccumulator(shape={self.shape}, device={self.device}, count={self._count})"
-        )
+        return f"MomentAccumulator(shape={self.shape}, device={self.device}, count={self._count})"
 
 
 # ----------------------------------------------------------------------------- both
@@ -664,9 +653,7 @@ class SearchStatistics:
         self.shape = self.max_acc.shape
         self.device = dev
 
-    def update(
-        self, scores: Any, payloads: Mapping[str, Any] | None = None
-    ) -> SearchStatistics:
+    def update(self, scores: Any, payloads: Mapping[str, Any] | None = None) -> SearchStatistics:
         """Add a batch `(B, *shape)` with its payloads ``{name: (B,)}``; returns ``self``."""
         x = _as_batch(scores, self.shape, self.device)
         self.max_acc.update(x, payloads)
@@ -727,9 +714,7 @@ class SearchStatistics:
         }
 
     @classmethod
-    def from_state_dict(
-        cls, d: Mapping[str, Any], device: DeviceLike = None
-    ) -> SearchStatistics:
+    def from_state_dict(cls, d: Mapping[str, Any], device: DeviceLike = None) -> SearchStatistics:
         """Rebuild from :meth:`state_dict` output on ``device`` (``None`` = auto)."""
         _check_format(d, "corrscan.SearchStatistics")
         mx = MaxAccumulator.from_state_dict(d["max"], device=device)

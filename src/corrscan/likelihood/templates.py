@@ -119,31 +119,34 @@ def atoms_to_polar_templates(
     real = torch.float64 if precision == "double" else torch.float32
     cdt = torch.complex128 if precision == "double" else torch.complex64
     kx, ky = grid.points(half=True)
-    kx = torch.as_tensor(kx.ravel() / grid.pixel_size, device=dev, dtype=torch.float64)
-    ky = torch.as_tensor(ky.ravel() / grid.pixel_size, device=dev, dtype=torch.float64)
-    k2 = (kx**2 + ky**2)[:, None]
-    p = kx.shape[0]
+    kxy = torch.as_tensor(
+        np.stack([kx.ravel(), ky.ravel()], 1) / grid.pixel_size, device=dev, dtype=torch.float64
+    )  # (P, 2) cycles/Å
+    k2 = (kxy**2).sum(dim=1)
+    p = kxy.shape[0]
     rot = euler_zyz_to_matrix(viewing.euler).to(dev)  # (S, 3, 3)
     a = a.to(dev)
     s_tot = rot.shape[0]
     if batch_size is None:
-        batch_size = max(1, int(64 * 2**20 // (16 * p * n_atoms)))
+        batch_size = max(1, int(128 * 2**20 // (12 * p * n_atoms)))
     uniq, inv = np.unique(sig, return_inverse=True)
+    groups = [torch.as_tensor(np.nonzero(inv == u)[0], device=dev) for u in range(len(uniq))]
+    envs = [torch.exp(-2.0 * np.pi**2 * sg**2 * k2).to(real) for sg in uniq]
+    kxy_r = (2.0 * np.pi * kxy).to(real)
     out = torch.empty((s_tot, grid.n_shells, grid.n_inplanes // 2), dtype=torch.complex128, device=dev)
     for s0 in range(0, s_tot, batch_size):
         r = rot[s0 : s0 + batch_size]
         # (R k)·a = k · (R^T a) for k in the xy plane: need (R^T a)_xy = (a @ R)_xy
-        b = torch.einsum("ai,sij->saj", a, r)[..., :2]  # (Sb, A, 2)
-        ph = (kx[None, :, None] * b[:, None, :, 0] + ky[None, :, None] * b[:, None, :, 1]).to(real)
-        e = torch.polar(torch.ones_like(ph), -2.0 * np.pi * ph)  # (Sb, P, A)
-        acc = torch.zeros((r.shape[0], p), dtype=e.dtype, device=dev)
-        for u, sg in enumerate(uniq):
-            sel = torch.as_tensor(np.nonzero(inv == u)[0], device=dev)
-            env = torch.exp(-2.0 * np.pi**2 * sg**2 * k2[:, 0]).to(real)
-            acc += e[:, :, sel].sum(dim=-1) * env[None]
-        out[s0 : s0 + r.shape[0]] = (acc / n_atoms).to(torch.complex128).reshape(
-            r.shape[0], grid.n_shells, -1
-        )
+        b = torch.einsum("ai,sij->sja", a, r)[:, :2].to(real)  # (Sb, 2, A)
+        ph = torch.matmul(kxy_r, b)  # (Sb, P, A) radians
+        re = torch.zeros((r.shape[0], p), dtype=real, device=dev)
+        im = torch.zeros_like(re)
+        for sel, env in zip(groups, envs, strict=True):
+            phs = ph if len(groups) == 1 else ph[:, :, sel]
+            re += torch.cos(phs).sum(dim=-1) * env
+            im -= torch.sin(phs).sum(dim=-1) * env
+        val = torch.complex(re.to(torch.float64), im.to(torch.float64)) / n_atoms
+        out[s0 : s0 + r.shape[0]] = val.reshape(r.shape[0], grid.n_shells, -1)
     raw = fill_hermitian(out)
     # Real-space sum of the discrete image of unit-mass atoms: T(0) = 1 in these units.
     data = finish_templates(raw, grid, 1.0).to(cdt)

@@ -24,9 +24,9 @@ from corrscan.core.arrays import unwrap
 from corrscan.errors import InputError
 
 __all__ = [
+    "project_gaussians",
     "pseudo_atom_map",
     "pseudo_atom_positions",
-    "project_gaussians",
     "render_gaussians",
 ]
 
@@ -63,8 +63,8 @@ def pseudo_atom_positions(
         :class:`InputError` if the ball is too crowded).
     mode
         ``"uniform"``: independent uniform points in the ball; ``"chain"``: a random
-        walk with steps ``bond_length`` (C-alpha-like chain, compact and asymmetric),
-        reflected back into the ball.
+        walk with steps ``bond_length`` (C-alpha-like chain, compact and asymmetric) that
+        stays in the ball and avoids earlier atoms where it can.
     bond_length
         Step of the chain.
     seed
@@ -82,15 +82,18 @@ def pseudo_atom_positions(
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     c = np.asarray(center, dtype=np.float64)
     if mode == "uniform":
+        if (
+            min_distance > 0
+            and n_atoms * (min_distance / 2.0) ** 3 > 0.6 * (radius + min_distance / 2.0) ** 3
+        ):
+            raise InputError(
+                f"cannot place {n_atoms} atoms {min_distance} apart in a ball of radius "
+                f"{radius} (denser than random packing): lower n_atoms or min_distance"
+            )
         accepted = np.empty((0, 3))
-        tries = 0
-        while accepted.shape[0] < n_atoms:
-            tries += 1
-            if tries > 200:
-                raise InputError(
-                    f"could not place {n_atoms} atoms {min_distance} apart in a ball of radius "
-                    f"{radius}: lower n_atoms or min_distance"
-                )
+        for _ in range(100):
+            if accepted.shape[0] >= n_atoms:
+                break
             k = 4 * (n_atoms - accepted.shape[0]) + 16
             v = rng.normal(size=(k, 3))
             v /= np.linalg.norm(v, axis=1, keepdims=True)
@@ -101,21 +104,36 @@ def pseudo_atom_positions(
             for p in cand:  # loop over candidate atoms (vectorised distance test)
                 if accepted.shape[0] >= n_atoms:
                     break
-                if accepted.shape[0] == 0 or np.min(
-                    np.sum((accepted - p) ** 2, axis=1)
-                ) >= min_distance**2:
+                if (
+                    accepted.shape[0] == 0
+                    or np.min(np.sum((accepted - p) ** 2, axis=1)) >= min_distance**2
+                ):
                     accepted = np.concatenate([accepted, p[None]])
+        if accepted.shape[0] < n_atoms:
+            raise InputError(
+                f"could not place {n_atoms} atoms {min_distance} apart in a ball of radius "
+                f"{radius}: lower n_atoms or min_distance"
+            )
         return accepted + c
     if mode == "chain":
+        # random walk with fixed steps; each step picks, among 16 random directions, the first
+        # that stays in the ball and keeps >= 0.75 bond lengths from all earlier atoms (else
+        # the candidate farthest from them inside the ball, else the one nearest the centre)
         pos = np.zeros((n_atoms, 3))
         for i in range(1, n_atoms):  # a walk is sequential by nature
-            step = rng.normal(size=3)
-            step *= bond_length / np.linalg.norm(step)
-            p = pos[i - 1] + step
-            r = np.linalg.norm(p)
-            if r > radius:  # reflect back towards the centre
-                p = p * (2.0 * radius - r) / r
-            pos[i] = p
+            steps = rng.normal(size=(16, 3))
+            steps *= bond_length / np.linalg.norm(steps, axis=1, keepdims=True)
+            cand = pos[i - 1] + steps
+            inside = np.linalg.norm(cand, axis=1) <= radius
+            dmin = np.sqrt(((cand[:, None] - pos[None, :i]) ** 2).sum(-1).min(1))
+            ok = inside & (dmin >= 0.75 * bond_length)
+            if ok.any():
+                j = int(np.argmax(ok))
+            elif inside.any():
+                j = int(np.argmax(np.where(inside, dmin, -np.inf)))
+            else:
+                j = int(np.argmin(np.linalg.norm(cand, axis=1)))
+            pos[i] = cand[j]
         return pos + c
     raise InputError(f"mode must be 'uniform' or 'chain', got {mode!r}")
 
@@ -288,11 +306,7 @@ def pseudo_atom_map(
         raise InputError(f"pixel_size must be > 0 Å, got {pixel_size}")
     sigma_px = sigma / pixel_size
     center = np.array([d // 2, h // 2, w // 2], dtype=np.float64)
-    r_px = (
-        radius / pixel_size
-        if radius is not None
-        else min(d, h, w) / 2.0 - 3.0 * sigma_px - 1.0
-    )
+    r_px = radius / pixel_size if radius is not None else min(d, h, w) / 2.0 - 3.0 * sigma_px - 1.0
     if r_px <= 0:
         raise InputError(f"box {(d, h, w)} too small for sigma {sigma} Å at {pixel_size} Å/voxel")
     rng = np.random.default_rng(seed)

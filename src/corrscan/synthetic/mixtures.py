@@ -110,7 +110,10 @@ def gaussian_mixture_volume(
         MixtureComponent(float(wi), float(c.mean), float(c.std), c.name)
         for wi, c in zip(w, components, strict=True)
     ]
-    for name, frac in (("outlier_fraction", outlier_fraction), ("nonfinite_fraction", nonfinite_fraction)):
+    for name, frac in (
+        ("outlier_fraction", outlier_fraction),
+        ("nonfinite_fraction", nonfinite_fraction),
+    ):
         if not 0.0 <= frac < 1.0:
             raise InputError(f"{name} must be in [0, 1), got {frac}")
     rng = np.random.default_rng(seed)
@@ -122,12 +125,12 @@ def gaussian_mixture_volume(
     vol *= stds[labels]
     vol += means[labels]
     if outlier_fraction > 0:
-        k = int(round(outlier_fraction * n))
+        k = round(outlier_fraction * n)
         idx = rng.choice(n, size=k, replace=False)
         vol[idx] = rng.uniform(*outlier_range, size=k)
         labels[idx] = -1
     if nonfinite_fraction > 0:
-        k = int(round(nonfinite_fraction * n))
+        k = round(nonfinite_fraction * n)
         idx = rng.choice(n, size=k, replace=False)
         vol[idx[: k // 2]] = np.nan
         vol[idx[k // 2 :]] = np.inf
@@ -222,7 +225,7 @@ def tomogram_mixture(
         raise InputError(f"signal_fraction must be in [0, 1), got {signal_fraction}")
     rng = np.random.default_rng(seed)
     nz, ny, nx = shape
-    n_lam = max(1, int(round(lamella_fraction * nz)))
+    n_lam = max(1, round(lamella_fraction * nz))
     z0 = (nz - n_lam) // 2
     z1 = z0 + n_lam
 
@@ -236,7 +239,7 @@ def tomogram_mixture(
         zoom = [s / c for s, c in zip((n_lam, ny, nx), coarse, strict=True)]
         fine = ndimage.zoom(field.astype(np.float32), zoom, order=1, mode="nearest", grid_mode=True)
         fine = fine[:n_lam, :ny, :nx]
-        thr = np.quantile(fine[:: max(1, n_lam // 16), :: 4, :: 4], 1.0 - signal_fraction)
+        thr = np.quantile(fine[:: max(1, n_lam // 16), ::4, ::4], 1.0 - signal_fraction)
         labels[z0:z1][fine > thr] = LABEL_SIGNAL
         del fine
 
@@ -271,7 +274,7 @@ def tomogram_mixture(
 
     if outlier_fraction > 0:
         n = vol.size
-        k = int(round(outlier_fraction * n))
+        k = round(outlier_fraction * n)
         idx = rng.choice(n, size=k, replace=False)
         vol.reshape(-1)[idx] = rng.uniform(*outlier_range, size=k).astype(np.float32)
         labels.reshape(-1)[idx] = LABEL_OUTLIER
@@ -281,7 +284,12 @@ def tomogram_mixture(
         vol += np.float32(offset)
 
     counts = np.bincount(labels.reshape(-1), minlength=5) / labels.size
-    names = {LABEL_OUTSIDE: "outside", LABEL_BACKGROUND: "background", LABEL_SIGNAL: "signal", LABEL_GOLD: "gold"}
+    names = {
+        LABEL_OUTSIDE: "outside",
+        LABEL_BACKGROUND: "background",
+        LABEL_SIGNAL: "signal",
+        LABEL_GOLD: "gold",
+    }
     components = {
         names[lab]: MixtureComponent(
             float(counts[lab]), float(scale * m + offset), float(abs(scale) * s), names[lab]

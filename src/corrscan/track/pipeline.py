@@ -158,7 +158,7 @@ def track_kernel(
     flags |= torch.where(blank, int(TrackFlag.BLANK), 0).to(torch.int32)
 
     x0, y0 = com_kernel(img, cfg.background)
-    x, y, ok, sym = symmetry_kernel(
+    x, y, ok, _sym = symmetry_kernel(
         img,
         x0,
         y0,

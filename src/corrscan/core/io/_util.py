@@ -34,7 +34,9 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool, what: str) -> Itera
     """
     dest = Path(path)
     if dest.exists() and not overwrite:
-        raise ResultExistsError(f"{what} already exists: {dest} (pass overwrite=True to replace it)")
+        raise ResultExistsError(
+            f"{what} already exists: {dest} (pass overwrite=True to replace it)"
+        )
     if not dest.parent.exists():
         raise FileFormatError(f"cannot write {dest}: directory {dest.parent} does not exist")
     tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")

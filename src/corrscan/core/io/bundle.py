@@ -216,8 +216,11 @@ def write_bundle(
             "tables": table_info,
             "metadata": dict(metadata),
         }
-        text = json.dumps(_sanitize_floats(json.loads(json.dumps(doc, default=_jsonable))),
-                          indent=2, allow_nan=False)
+        text = json.dumps(
+            _sanitize_floats(json.loads(json.dumps(doc, default=_jsonable))),
+            indent=2,
+            allow_nan=False,
+        )
         (tmp / "metadata.json").write_text(text)
         if dest.exists():
             if not overwrite:

@@ -93,7 +93,11 @@ def _validate_star_text(p: Path, text: str) -> None:
                 if s.startswith(("data_", "loop_", "_")):
                     break
                 try:
-                    nf = len(shlex.split(s, posix=True)) if ('"' in s or "'" in s) else len(s.split())
+                    nf = (
+                        len(shlex.split(s, posix=True))
+                        if ('"' in s or "'" in s)
+                        else len(s.split())
+                    )
                 except ValueError:
                     nf = -1
                 if nf != ncol:

@@ -88,9 +88,7 @@ def tiff_shape(path: str | os.PathLike) -> tuple[int, ...]:
         return tuple(int(s) for s in tif.series[0].shape)
 
 
-def iter_tiff_frames(
-    path: str | os.PathLike, chunk: int = 64
-) -> Iterator[tuple[int, np.ndarray]]:
+def iter_tiff_frames(path: str | os.PathLike, chunk: int = 64) -> Iterator[tuple[int, np.ndarray]]:
     """Iterate over a TIFF stack in chunks of frames.
 
     Parameters

@@ -99,8 +99,12 @@ def _level_info(p: Path, group: Any, ms: Mapping[str, Any], level: int) -> dict[
             if unit not in _UNIT_TO_ANGSTROM:
                 raise FileFormatError(f"{p}: unsupported axis unit {unit!r}")
             spatial.append(s * _UNIT_TO_ANGSTROM[unit])
-    return {"path": str(ds["path"]), "shape": tuple(int(s) for s in arr.shape),
-            "voxel_size": tuple(spatial), "array": arr}
+    return {
+        "path": str(ds["path"]),
+        "shape": tuple(int(s) for s in arr.shape),
+        "voxel_size": tuple(spatial),
+        "array": arr,
+    }
 
 
 def read_ome_zarr(path: str | os.PathLike, *, level: int = 0) -> tuple[Any, tuple[float, ...]]:
@@ -155,7 +159,9 @@ def write_ome_zarr(
     a = np.asarray(as_numpy(data))
     if a.ndim not in (2, 3):
         raise InputError(f"OME-Zarr data must be 2-D or 3-D, got {a.shape}")
-    vs = [float(voxel_size)] * a.ndim if np.ndim(voxel_size) == 0 else [float(v) for v in voxel_size]
+    vs = (
+        [float(voxel_size)] * a.ndim if np.ndim(voxel_size) == 0 else [float(v) for v in voxel_size]
+    )
     if len(vs) != a.ndim:
         raise InputError(f"voxel_size must have {a.ndim} values, got {voxel_size!r}")
     p = Path(path)
@@ -164,22 +170,35 @@ def write_ome_zarr(
 
         raise ResultExistsError(f"{p} exists (pass overwrite=True to replace it)")
     root = zarr.open_group(str(p), mode="w", zarr_format=2)
-    names = "zyx"[-a.ndim:]
+    names = "zyx"[-a.ndim :]
     datasets = []
     level = a
     for i in range(int(n_levels)):
-        root.create_array(str(i), data=np.ascontiguousarray(level),
-                          chunks=tuple(min(int(chunks) if np.ndim(chunks) == 0 else c, s)
-                                       for c, s in zip(np.broadcast_to(chunks, (a.ndim,)), level.shape, strict=True)))
-        datasets.append({"path": str(i), "coordinateTransformations": [
-            {"type": "scale", "scale": [v * 2**i for v in vs]}]})
+        root.create_array(
+            str(i),
+            data=np.ascontiguousarray(level),
+            chunks=tuple(
+                min(int(chunks) if np.ndim(chunks) == 0 else c, s)
+                for c, s in zip(np.broadcast_to(chunks, (a.ndim,)), level.shape, strict=True)
+            ),
+        )
+        datasets.append(
+            {
+                "path": str(i),
+                "coordinateTransformations": [{"type": "scale", "scale": [v * 2**i for v in vs]}],
+            }
+        )
         crop = tuple(slice(0, (s // 2) * 2) for s in level.shape)
         lv = level[crop]
-        lv = lv.reshape([x for s in lv.shape for x in (s // 2, 2)]).mean(axis=tuple(range(1, 2 * a.ndim, 2)))
+        lv = lv.reshape([x for s in lv.shape for x in (s // 2, 2)]).mean(
+            axis=tuple(range(1, 2 * a.ndim, 2))
+        )
         level = lv.astype(a.dtype) if a.dtype.kind == "f" else lv
-    root.attrs["multiscales"] = [{
-        "version": "0.4",
-        "axes": [{"name": n, "type": "space", "unit": "angstrom"} for n in names],
-        "datasets": datasets,
-    }]
+    root.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [{"name": n, "type": "space", "unit": "angstrom"} for n in names],
+            "datasets": datasets,
+        }
+    ]
     return p
