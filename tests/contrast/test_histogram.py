@@ -22,7 +22,9 @@ def test_robust_range_ignores_outliers() -> None:
 @pytest.mark.parametrize("offset", [0.0, 4e4, -1e6])
 def test_binned_moments_are_exact(offset: float) -> None:
     rng = np.random.default_rng(1)
-    x = np.concatenate([rng.normal(0, 1, 50_000), rng.normal(-3, 0.3, 5000), rng.uniform(15, 40, 30)])
+    x = np.concatenate(
+        [rng.normal(0, 1, 50_000), rng.normal(-3, 0.3, 5000), rng.uniform(15, 40, 30)]
+    )
     x = (x * 0.001 + offset) if offset else x
     b = bin_sample(x, chunk=4096)
     assert b.n == x.size and b.counts.sum() == x.size

@@ -21,9 +21,17 @@ from corrscan.errors import InputError
 
 @pytest.mark.parametrize(
     ("n_z", "radius", "expected"),
-    [(40, 5, (15, 25)), (41, 5, (15, 26)), (200, 15, (85, 115)), (10, 15, (0, 10)), (40, 0, (20, 21))],
+    [
+        (40, 5, (15, 25)),
+        (41, 5, (15, 26)),
+        (200, 15, (85, 115)),
+        (10, 15, (0, 10)),
+        (40, 0, (20, 21)),
+    ],
 )
-def test_fixed_slab_matches_portal_formula(n_z: int, radius: int, expected: tuple[int, int]) -> None:
+def test_fixed_slab_matches_portal_formula(
+    n_z: int, radius: int, expected: tuple[int, int]
+) -> None:
     assert fixed_slab(n_z, radius, central_slice(n_z, None)) == expected
 
 

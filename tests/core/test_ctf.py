@@ -357,3 +357,23 @@ def test_cuda_defocus_gives_cuda_ctf() -> None:
     ref = C.ctf_2d((32, 32), pixel_size=1.0, defocus=d.cpu())
     assert torch.allclose(c.cpu(), ref, atol=1e-5)
     assert C.ctf_3d((8, 8, 8), pixel_size=1.0, defocus=1e4, device="cuda").device.type == "cuda"
+
+
+def test_u_smaller_than_v_equals_swapped_axes() -> None:
+    # torch-ctf needs U >= V (sqrt of the astigmatism); here U < V is the same CTF as the
+    # swapped pair rotated by 90 degrees
+    a = C.ctf_2d(
+        (32, 32), pixel_size=1.0, defocus=9000.0, defocus_v=13000.0, astigmatism_angle=25.0
+    )
+    b = C.ctf_2d(
+        (32, 32), pixel_size=1.0, defocus=13000.0, defocus_v=9000.0, astigmatism_angle=115.0
+    )
+    assert torch.isfinite(a).all()
+    assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(
+        a,
+        C.ctf_2d(
+            (32, 32), pixel_size=1.0, defocus=13000.0, defocus_v=9000.0, astigmatism_angle=25.0
+        ),
+        atol=1e-2,
+    )

@@ -368,6 +368,34 @@ def test_fourier_crop_band_limited_equals_analytic() -> None:
     np.testing.assert_allclose(binned.numpy(), field((24, 20), (2.0, 2.0)), atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("old", "new"), [((20, 18), (10, 8)), ((21, 17), (12, 9)), ((9, 8, 10), (6, 5, 4))]
+)
+def test_fourier_crop_matches_scipy_resample(rng: np.random.Generator, old, new) -> None:
+    x = rng.normal(size=(2, *old))  # not band-limited: exercises the Nyquist folding
+    ref = x
+    for ax, m in enumerate(new):
+        ref = scipy.signal.resample(ref, m, axis=ax + 1)
+    got = F.fourier_crop(x, new)
+    np.testing.assert_allclose(got, ref, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [((10, 8), (20, 18)), ((9, 7), (16, 11)), ((12, 9), (7, 16)), ((6, 5, 8), (9, 10, 5))],
+)
+def test_fourier_resample_matches_scipy(rng: np.random.Generator, old, new) -> None:
+    x = rng.normal(size=(2, *old))
+    ref = x
+    for ax, m in enumerate(new):
+        ref = scipy.signal.resample(ref, m, axis=ax + 1)
+    got = F.fourier_resample(x, new)
+    np.testing.assert_allclose(got, ref, atol=1e-12)
+    # up then down is the identity
+    if all(m >= n for m, n in zip(new, old, strict=True)):
+        np.testing.assert_allclose(F.fourier_crop(got, old), x, atol=1e-12)
+
+
 def test_fourier_crop_3d_odd_and_errors(rng: np.random.Generator) -> None:
     old, new = (15, 12, 10), (9, 7, 5)
     z, y, x = np.meshgrid(*(np.arange(n) for n in old), indexing="ij")
@@ -453,3 +481,19 @@ def test_cuda_in_cuda_out() -> None:
     assert torch.allclose(
         torch.fft.irfftn(y, s=(64, 64)), torch.roll(x, (1, 2), (-2, -1)), atol=1e-5
     )
+
+
+def test_wrong_ndim_errors(rng: np.random.Generator) -> None:
+    five = rng.normal(size=(2, 2, 2, 4, 4))
+    with pytest.raises(InputError, match="ndim"):
+        F.radial_power_spectrum(five)
+    with pytest.raises(InputError, match="ndim"):
+        F.whitening_filter(five)
+    with pytest.raises(InputError, match="at least 2 dimensions"):
+        F.fourier_crop(rng.normal(size=8), (4, 4))
+    with pytest.raises(InputError, match="empty"):
+        F.radial_power_spectrum(np.zeros((0, 4)))
+    with pytest.raises(InputError, match="positive integers"):
+        F.pad_to(rng.normal(size=(4, 4)), (8, -1))
+    with pytest.raises(InputError, match="real"):
+        F.fourier_crop(np.ones((4, 4), dtype=complex), (2, 2))

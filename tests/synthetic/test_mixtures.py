@@ -88,7 +88,9 @@ def test_tomogram_mixture_scale_offset() -> None:
     a, ta = tomogram_mixture((20, 32, 32), seed=4)
     b, tb = tomogram_mixture((20, 32, 32), seed=4, scale=1000.0, offset=5000.0)
     np.testing.assert_allclose(b, 1000.0 * a + 5000.0, rtol=1e-6, atol=1e-2)
-    assert tb["components"]["signal"].mean == pytest.approx(1000 * ta["components"]["signal"].mean + 5000)
+    assert tb["components"]["signal"].mean == pytest.approx(
+        1000 * ta["components"]["signal"].mean + 5000
+    )
     assert tb["components"]["signal"].std == pytest.approx(1000 * ta["components"]["signal"].std)
 
 

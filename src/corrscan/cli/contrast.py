@@ -127,6 +127,9 @@ def register(app: typer.Typer) -> None:
         picks: Path | None = typer.Option(
             None, "--picks", help="Particle picks (STAR or CSV, RELION columns)."
         ),
+        mask: Path | None = typer.Option(
+            None, "--mask", help="Integer label volume (MRC/OME-Zarr) shown as segmentation."
+        ),
         method: str = typer.Option(
             "gmm", "--method", "-m", help="Contrast-limit method: gmm | cdf | percentile."
         ),
@@ -164,6 +167,7 @@ def register(app: typer.Typer) -> None:
                 limits=lim if lim is not None else m,
                 voxel_size=voxel_size,
                 picks=picks,
+                segmentation=mask,
                 volume_rendering=volume_rendering,
                 bind_address=bind,
                 port=port,

@@ -6,15 +6,19 @@ CDF method, on a ``n_bins`` histogram of the sample:
    ``g_i = (h_i + h_{i+1}) / (2 N)``, one-sided at the two ends) and ``P = max g``.
 2. ``i_rise`` = first bin with ``g > t P`` (``t = gradient_threshold``, default 0.3).
    ``start = mean(g[:i_rise]) / P`` (0.01 if ``i_rise = 0``);
-   ``j`` = first bin at or after ``i_rise`` with ``g < t P``;
+   ``j`` = first bin at or after the peak with ``g < t P``;
    ``end = median(g[j:]) / P`` (0.01 if there is none); both at least 0.01.
 3. low = left edge of the first bin with ``g > start P``; high = left edge of the first bin at
    or after the peak with ``g < end P`` (the range's end if none); both clipped to the sample's
    ``[min, max]``.
 
-Difference from the peer: the histogram spans the robust range ``median ± k · robust_std``
-(clipped to ``[min, max]``) instead of ``[min, max]``, so a few outliers do not stretch the bins
-(for clean data the two coincide); it is computed once.
+Differences from the peer (identical results on clean data):
+
+- the histogram spans the robust range ``median ± k · robust_std`` (clipped to ``[min, max]``)
+  instead of ``[min, max]``, so a few outliers do not stretch the bins; it is computed once;
+- ``j`` is searched from the peak, not from ``i_rise``: the peer's search from ``i_rise`` stops
+  at any noise dip on the rising side when the sample is small, and the end threshold then
+  becomes the median of the whole bulk (high limit jumping from +3 sd to +1 sd).
 """
 
 from __future__ import annotations
@@ -82,11 +86,11 @@ def cdf_limits(
     i_rise = int(np.argmax(rise))
     start = float(g[:i_rise].mean() / peak_value) if i_rise > 0 else 0.01
     start = max(start, 0.01)
-    fall = np.flatnonzero(g[i_rise:] < gradient_threshold * peak_value)
-    end = float(np.median(g[i_rise + fall[0] :]) / peak_value) if fall.size else 0.01
+    peak = int(np.argmax(g))
+    fall = np.flatnonzero(g[peak:] < gradient_threshold * peak_value)
+    end = float(np.median(g[peak + fall[0] :]) / peak_value) if fall.size else 0.01
     end = max(end, 0.01)
     low_idx = int(np.argmax(g > start * peak_value))
-    peak = int(np.argmax(g))
     after = np.flatnonzero(g[peak:] < end * peak_value)
     low = float(edges[low_idx])
     high = float(edges[peak + after[0]]) if after.size else float(edges[-1])

@@ -37,6 +37,10 @@ __all__ = ["DEFAULT_MULTIPLIERS", "GMMFit", "GMMSelection", "fit_gmm_series", "g
 DEFAULT_MULTIPLIERS: dict[int, tuple[float, float]] = {1: (2.0, 0.5), 2: (2.2, 0.65), 3: (3.0, 0.8)}
 
 _LOG_2PI = float(np.log(2 * np.pi))
+#: Quantiles where extra components are tried when going from ``k - 1`` to ``k`` components.
+_ADD_QUANTILES = (0.01, 0.05, 0.2, 0.8, 0.95, 0.99)
+#: EM steps every start gets before the two most likely are run to convergence.
+_SCREEN_STEPS = 60
 
 
 @dataclass(frozen=True)
@@ -225,6 +229,16 @@ def _init_add(binned: BinnedSample, prev: tuple[np.ndarray, np.ndarray, np.ndarr
     )
 
 
+def _init_add_at(
+    binned: BinnedSample, prev: tuple[np.ndarray, np.ndarray, np.ndarray], q: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Previous fit plus a component (weight 0.1, half a robust std wide) at quantile ``q``."""
+    w, mu, var = prev
+    cum = np.cumsum(binned.counts) / binned.n
+    m_new = binned.centers[min(int(np.searchsorted(cum, q)), binned.counts.size - 1)]
+    return np.append(w * 0.9, 0.1), np.append(mu, m_new), np.append(var, 0.25)
+
+
 def _init_split(prev: tuple[np.ndarray, np.ndarray, np.ndarray]):
     """Previous fit with its broadest component (largest ``w * sigma``) split in two."""
     w, mu, var = prev
@@ -245,14 +259,16 @@ def fit_gmm_series(
 ) -> list[GMMFit]:
     """Fit mixtures with ``1 .. max_components`` components; one :class:`GMMFit` per size.
 
-    Each size ``k >= 2`` runs EM from three initialisations at once (quantile seeds; the best
+    Each size ``k >= 2`` runs EM from several initialisations at once: quantile seeds; the best
     ``k - 1`` fit plus a component where it explains the histogram worst; the best ``k - 1`` fit
-    with its broadest component split) and keeps the highest likelihood.
+    plus a component at each of the quantiles :data:`_ADD_QUANTILES`; the best ``k - 1`` fit with
+    its broadest component split. All run :data:`_SCREEN_STEPS` EM steps together, the two
+    most likely continue to convergence, and the highest likelihood is kept.
     """
     if max_components < 1:
         raise InputError(f"max_components must be >= 1, got {max_components}")
     n = float(binned.n)
-    # Variance floor: a fraction of a core bin width, so a component cannot collapse to 0.
+    # Variance floor (units of the robust variance, so scale-free): no collapse onto one bin.
     var_floor = 1e-6
     fits: list[GMMFit] = []
     best_std: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -267,13 +283,30 @@ def fit_gmm_series(
             conv = True
         else:
             assert best_std is not None
-            inits = [_init_quantiles(binned, k), _init_add(binned, best_std), _init_split(best_std)]
+            inits = [
+                _init_quantiles(binned, k),
+                _init_add(binned, best_std),
+                _init_split(best_std),
+                *(_init_add_at(binned, best_std, q) for q in _ADD_QUANTILES),
+            ]
             w = np.stack([i[0] for i in inits])
             mu = np.stack([i[1] for i in inits])
             var = np.stack([i[2] for i in inits])
-            w, mu, var, ll, it, conv = _em(
-                binned, w, mu, var, tol=tol, max_iter=max_iter, var_floor=var_floor
+            # Screen all starts briefly, then run the two most likely to convergence.
+            w, mu, var, ll, it0, _ = _em(
+                binned, w, mu, var, tol=tol, max_iter=_SCREEN_STEPS, var_floor=var_floor
             )
+            keep = np.argsort(np.where(np.isfinite(ll), ll, -np.inf))[::-1][:2]
+            w, mu, var, ll, it, conv = _em(
+                binned,
+                w[keep],
+                mu[keep],
+                var[keep],
+                tol=tol,
+                max_iter=max_iter,
+                var_floor=var_floor,
+            )
+            it += it0
         ll = np.where(np.isfinite(ll), ll, -np.inf)
         b = int(np.argmax(ll))
         best_std = (w[b], mu[b], var[b])

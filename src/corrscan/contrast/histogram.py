@@ -99,7 +99,7 @@ def bin_sample(
     n_core_bins: int = 1024,
     n_tail_bins: int = 128,
     k: float = 8.0,
-    chunk: int = 1 << 16,
+    chunk: int = 1 << 15,
 ) -> BinnedSample:
     """Histogram ``values`` (1-D, finite) with per-bin count, sum and sum of squares.
 

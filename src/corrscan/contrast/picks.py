@@ -1,13 +1,16 @@
 """Particle picks (match3d/match2d tables, RELION STAR) for Neuroglancer annotation layers.
 
-Column conventions (RELION):
+Accepted tables (pandas DataFrames, STAR or CSV files):
 
-- positions: ``rlnCoordinateX/Y/Z`` in pixels (origin at the first voxel's centre), or RELION 5
-  ``rlnCenteredCoordinateX/Y/ZAngst`` in Å relative to the tomogram centre (index ``N // 2``),
-  converted with ``voxel_size`` and ``shape``; a 2-D table (no Z) gets ``z = 0``;
-- orientations: ``rlnAngleRot/Tilt/Psi`` = ``(phi, theta, psi)`` ZYZ degrees, corrscan's
-  convention (:func:`corrscan.core.rotations.euler_to_matrix`);
-- score: the first present of :data:`SCORE_COLUMNS`.
+- corrscan particle tables: columns ``x, y(, z)`` (pixels, origin at the first voxel's centre),
+  optional ``phi, theta, psi`` (ZYZ degrees) and ``score`` (what match3d/match2d write);
+- RELION 4 (``rlnCoordinateX/Y/Z`` pixels) and RELION 5 tomography tables
+  (``rlnCenteredCoordinateX/Y/ZAngst``, converted with the voxel size and the tomogram shape),
+  through :func:`corrscan.core.io.star.from_relion`; ``rlnAngleRot/Tilt/Psi`` are
+  ``(phi, theta, psi)``; the score is the first present of :data:`SCORE_COLUMNS`.
+
+A 2-D table (no z) gets ``z = 0``. Angles follow corrscan's convention
+(:func:`corrscan.core.rotations.euler_to_matrix`).
 """
 
 from __future__ import annotations
@@ -25,15 +28,17 @@ from corrscan.errors import FileFormatError, InputError
 
 __all__ = ["SCORE_COLUMNS", "Picks", "particle_axes", "picks_from_table", "read_picks"]
 
+#: Score columns, first present wins (corrscan's ``score`` is RELION's figure of merit).
 SCORE_COLUMNS: tuple[str, ...] = (
-    "rlnAutopickFigureOfMerit",
+    "score",
     "rlnScore",
     "rlnLCCmax",
     "rlnMaxValueProbDistribution",
-    "score",
     "snr",
     "zscore",
 )
+
+_POSITION_COLUMNS = ("x", "rlnCoordinateX", "rlnCenteredCoordinateXAngst")
 
 
 @dataclass(frozen=True)
@@ -63,12 +68,11 @@ def _pick_block(tables: dict[str, pd.DataFrame] | pd.DataFrame, source: str) -> 
         return tables
     for name in ("particles", *tables.keys()):
         df = tables.get(name)
-        if isinstance(df, pd.DataFrame) and (
-            "rlnCoordinateX" in df.columns or "rlnCenteredCoordinateXAngst" in df.columns
-        ):
+        if isinstance(df, pd.DataFrame) and any(c in df.columns for c in _POSITION_COLUMNS):
             return df
     raise FileFormatError(
-        f"{source}: no table with rlnCoordinateX/Y(/Z) or rlnCenteredCoordinateX/Y/ZAngst columns"
+        f"{source}: no table with x/y(/z), rlnCoordinateX/Y(/Z) or "
+        "rlnCenteredCoordinateX/Y/ZAngst columns"
     )
 
 
@@ -79,45 +83,44 @@ def picks_from_table(
     shape: Sequence[int] | None = None,
     source: str = "table",
 ) -> Picks:
-    """:class:`Picks` from a DataFrame with RELION column names (see the module docstring)."""
-    cols = set(df.columns)
-    if {"rlnCoordinateX", "rlnCoordinateY"} <= cols:
-        x = df["rlnCoordinateX"].to_numpy(np.float64)
-        y = df["rlnCoordinateY"].to_numpy(np.float64)
-        z = (
-            df["rlnCoordinateZ"].to_numpy(np.float64)
-            if "rlnCoordinateZ" in cols
-            else np.zeros_like(x)
-        )
-    elif {"rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst"} <= cols:
-        if voxel_size is None or shape is None:
-            raise InputError(
-                f"{source}: rlnCenteredCoordinate*Angst columns need the voxel size and the "
-                "tomogram shape to become voxel positions"
-            )
-        vs = np.broadcast_to(np.asarray(voxel_size, dtype=np.float64), (3,))  # z, y, x
+    """:class:`Picks` from a corrscan or RELION particle table (see the module docstring).
+
+    Parameters
+    ----------
+    voxel_size
+        Å (scalar or ``(z, y, x)``; RELION 5 uses one pixel size, x's is taken).
+    shape
+        ``(z, y, x)`` of the tomogram (RELION 5 centred coordinates).
+    """
+    from corrscan.core.io.star import from_relion
+
+    ps = None
+    if voxel_size is not None:
+        ps = float(np.broadcast_to(np.asarray(voxel_size, dtype=np.float64), (3,))[2])
+    sh = None
+    if shape is not None:
         sh = tuple(int(s) for s in shape)
-        if len(sh) == 2:
-            sh = (1, *sh)
-        x = df["rlnCenteredCoordinateXAngst"].to_numpy(np.float64) / vs[2] + sh[2] // 2
-        y = df["rlnCenteredCoordinateYAngst"].to_numpy(np.float64) / vs[1] + sh[1] // 2
-        zc = "rlnCenteredCoordinateZAngst"
-        z = df[zc].to_numpy(np.float64) / vs[0] + sh[0] // 2 if zc in cols else np.zeros_like(x)
-    else:
-        raise InputError(
-            f"{source}: needs rlnCoordinateX/Y(/Z) or rlnCenteredCoordinateX/Y/ZAngst columns"
-        )
+        sh = (1, *sh) if len(sh) == 2 else sh
+    try:
+        t = from_relion(df, pixel_size=ps, volume_shape=sh)
+    except InputError as exc:
+        raise InputError(f"{source}: {exc}") from None
+    if not {"x", "y"} <= set(t.columns):
+        raise InputError(f"{source}: needs x/y(/z) or RELION coordinate columns")
+    x = t["x"].to_numpy(np.float64)
+    y = t["y"].to_numpy(np.float64)
+    z = t["z"].to_numpy(np.float64) if "z" in t.columns else np.zeros_like(x)
     coords = np.stack([z, y, x], axis=1)
-    angles = None
-    if {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"} <= cols:
-        angles = df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(np.float64)
-    scores = None
-    for name in SCORE_COLUMNS:
-        if name in cols:
-            scores = df[name].to_numpy(np.float64)
-            break
     if not np.all(np.isfinite(coords)):
         raise InputError(f"{source}: non-finite particle coordinates")
+    angles = None
+    if {"phi", "theta", "psi"} <= set(t.columns):
+        angles = t[["phi", "theta", "psi"]].to_numpy(np.float64)
+    scores = None
+    for name in SCORE_COLUMNS:
+        if name in t.columns:
+            scores = t[name].to_numpy(np.float64)
+            break
     return Picks(coords, angles, scores)
 
 
@@ -136,20 +139,9 @@ def read_picks(
     if path.suffix.lower() == ".csv":
         tables = pd.read_csv(path)
     else:
-        try:
-            from corrscan.core.io.star import read_star  # type: ignore[import-not-found]
-        except ImportError:  # pragma: no cover - before core io lands
-            import starfile
+        from corrscan.core.io.star import read_star
 
-            def read_star(p: Path) -> dict[str, pd.DataFrame]:
-                return starfile.read(p, always_dict=True)
-
-        try:
-            tables = read_star(path)
-        except (FileFormatError, InputError):
-            raise
-        except Exception as exc:
-            raise FileFormatError(f"{path}: not a readable STAR file ({exc})") from None
+        tables = read_star(path)
     df = _pick_block(tables, str(path))
     return picks_from_table(df, voxel_size=voxel_size, shape=shape, source=str(path))
 

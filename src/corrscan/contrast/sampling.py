@@ -41,6 +41,8 @@ ZRadius = int | None | Literal["auto", "computed"]
 
 # Voxels per chunk of slices read at once (shape-only dependent: same sample for all inputs).
 _CHUNK_VOXELS = 1 << 23
+# Voxels drawn per batch inside a chunk (bounds index arrays to 1 MiB).
+_BATCH = 1 << 17
 
 
 def central_slice(n_z: int, central_z_slice: float | None) -> float:
@@ -233,16 +235,21 @@ def draw_sample(
     for s, n in zip(starts, per_chunk, strict=True):
         if n == 0:
             continue
-        flat = np.asarray(source.read(s, min(z1, s + step))).reshape(-1)
-        if n_total is not None:
-            flat = flat[rng.integers(0, flat.size, size=int(n))]
-        if flat.dtype.kind in "fc":
-            finite = np.isfinite(flat)
-            if not finite.all():
-                n_bad += int(flat.size - finite.sum())
-                flat = flat[finite]
-        values[filled : filled + flat.size] = flat
-        filled += flat.size
+        block = np.asarray(source.read(s, min(z1, s + step))).reshape(-1)
+        # Draw (or copy) in batches so index arrays and temporaries stay small.
+        for b0 in range(0, int(n), _BATCH):
+            m = min(_BATCH, int(n) - b0)
+            if n_total is None:
+                flat = block[b0 : b0 + m]
+            else:
+                flat = block[rng.integers(0, block.size, size=m)]
+            if flat.dtype.kind == "f":
+                finite = np.isfinite(flat)
+                if not finite.all():
+                    n_bad += int(flat.size - finite.sum())
+                    flat = flat[finite]
+            values[filled : filled + flat.size] = flat
+            filled += flat.size
     values = values[:filled]
     n_drawn = int(per_chunk.sum())
     if n_bad:

@@ -124,7 +124,7 @@ def local_volume(
         if np.dtype(data.dtype).kind not in "iub":
             raise InputError("segmentation volume must have an integer dtype")
         if np.dtype(data.dtype) not in (np.dtype(np.uint32), np.dtype(np.uint64)):
-            data = np.asarray(data).astype(np.uint32)
+            data = np.asarray(data).astype(np.uint32)  # NumPy arrays (views pass through)
     return neuroglancer.LocalVolume(data, **kwargs)
 
 

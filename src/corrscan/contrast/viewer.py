@@ -32,7 +32,13 @@ import numpy as np
 
 from corrscan.contrast.limits import ContrastLimits, compute_contrast_limits
 from corrscan.contrast.picks import Picks, read_picks
-from corrscan.contrast.states import image_layer, local_volume, picks_layers, viewer_state
+from corrscan.contrast.states import (
+    image_layer,
+    local_volume,
+    picks_layers,
+    segmentation_layer,
+    viewer_state,
+)
 from corrscan.contrast.volumes import VolumeSource, open_volume
 from corrscan.errors import InputError
 
@@ -93,11 +99,14 @@ def _check_loopback(bind_address: str) -> str:
 class _ArrayView:
     """NumPy view of a lazily read `(z, y, x)` volume for ``neuroglancer.LocalVolume``."""
 
-    def __init__(self, source: VolumeSource):
+    def __init__(self, source: VolumeSource, dtype: Any = None):
         self._source = source
         self.shape = source.shape
         dt = source.dtype  # native byte order
-        self.dtype = np.dtype(np.float32) if dt.kind == "f" and dt.itemsize != 4 else dt
+        if dtype is not None:
+            self.dtype = np.dtype(dtype)
+        else:
+            self.dtype = np.dtype(np.float32) if dt.kind == "f" and dt.itemsize != 4 else dt
 
     def __getitem__(self, item: Any) -> np.ndarray:
         if not isinstance(item, tuple) or not item or not isinstance(item[0], slice):
@@ -178,6 +187,7 @@ def serve_viewer(
     limits: str | Sequence[float] | None = "gmm",
     voxel_size: float | Sequence[float] | None = None,
     picks: Picks | str | os.PathLike[str] | None = None,
+    segmentation: Any = None,
     volume_rendering: bool = False,
     bind_address: str = "127.0.0.1",
     port: int = 0,
@@ -199,6 +209,9 @@ def serve_viewer(
     picks
         :class:`~corrscan.contrast.picks.Picks` or a STAR/CSV path: point (and, with angles,
         oriented) annotation layers.
+    segmentation
+        Integer label volume (array or path, same shape as ``volume``): a segmentation layer
+        showing every non-zero label.
     volume_rendering
         Start with volume rendering on (GMM-limit transfer function, inverted).
     bind_address, port
@@ -238,6 +251,22 @@ def serve_viewer(
             volume_rendering_limits=lim,
         )
     }
+    if segmentation is not None:
+        seg = open_volume(segmentation, level=level, name="segmentation")
+        if seg.shape != source.shape:
+            raise InputError(
+                f"segmentation shape {seg.shape} differs from the volume's {source.shape}"
+            )
+        if seg.dtype.kind not in "iub":
+            raise InputError(f"segmentation must hold integer labels, got {seg.dtype}")
+        step = max(1, (1 << 24) // (seg.shape[1] * seg.shape[2]))
+        labels: set[int] = set()
+        for z in range(0, seg.shape[0], step):  # streamed: one chunk of slices at a time
+            labels.update(int(v) for v in np.unique(seg.read(z, min(seg.shape[0], z + step))))
+        layers["segmentation"] = segmentation_layer(
+            local_volume(_ArrayView(seg, np.uint32), vs, segmentation=True),
+            segments=sorted(labels - {0}),
+        )
     if picks is not None:
         layers.update(picks_layers(picks, voxel_size=vs))
     state = viewer_state(layers, voxel_size=vs, shape=source.shape, layout=layout)

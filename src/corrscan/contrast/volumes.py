@@ -124,68 +124,30 @@ def _voxel3(v: Any) -> tuple[float, float, float] | None:
     arr = np.atleast_1d(np.asarray(v, dtype=np.float64))
     if arr.size == 1:
         arr = np.repeat(arr, 3)
+    elif arr.size == 2:  # (y, x) image: z takes y's size
+        arr = np.array([arr[0], arr[0], arr[1]])
     if arr.size != 3:
         return None
     return (float(arr[0]), float(arr[1]), float(arr[2]))
 
 
 def _open_mrc(path: Path) -> VolumeSource:
-    """Memory-mapped MRC through ``corrscan.core.io.mrc`` (``mrcfile`` if core lacks it)."""
-    try:
-        from corrscan.core.io.mrc import read_mrc, read_mrc_header
-    except ImportError:  # pragma: no cover - core io not available
-        read_mrc = None
-    if read_mrc is not None:
-        data, _ = read_mrc(path, mmap=True)
-        vs = _voxel3(read_mrc_header(path).voxel_size)
-    else:  # pragma: no cover - fallback only used without core io
-        import mrcfile
+    """Memory-mapped MRC (``corrscan.core.io.mrc``): nothing is read until a slab is asked for."""
+    from corrscan.core.io.mrc import read_mrc, read_mrc_header
 
-        try:
-            mrc = mrcfile.mmap(path, mode="r", permissive=True)
-        except (ValueError, OSError) as exc:
-            raise FileFormatError(f"{path}: not a readable MRC file ({exc})") from None
-        if mrc.data is None:
-            raise FileFormatError(f"{path}: MRC file has no data block")
-        data = mrc.data
-        vx = mrc.voxel_size
-        vs = (float(vx.z), float(vx.y), float(vx.x))
+    data, _ = read_mrc(path, mmap=True)
+    vs = _voxel3(read_mrc_header(path).voxel_size)
     if vs is not None and not all(v > 0 for v in vs):
         vs = None
     return _from_indexable(data, path.name, vs, np.asarray)
 
 
 def _ome_zarr_level(path: Path, level: int) -> tuple[Any, tuple[float, float, float] | None]:
-    """Lazy array of one OME-Zarr pyramid level and its ``(z, y, x)`` voxel size."""
-    try:
-        from corrscan.core.io.zarr_io import read_ome_zarr  # type: ignore[import-not-found]
-    except ImportError:
-        read_ome_zarr = None
-    if read_ome_zarr is not None:
-        arr, voxel = read_ome_zarr(path, level=level)
-        return arr, _voxel3(voxel)
-    import zarr  # pragma: no cover - fallback only used before core io lands
+    """Lazy (dask) array of one OME-Zarr pyramid level and its ``(z, y, x)`` voxel size in Å."""
+    from corrscan.core.io.zarr_io import read_ome_zarr
 
-    try:
-        group = zarr.open_group(str(path), mode="r")
-    except Exception as exc:
-        raise FileFormatError(f"{path}: not a readable Zarr group ({exc})") from None
-    attrs = dict(group.attrs)
-    ms = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-    if not ms:
-        raise FileFormatError(f"{path}: no OME-Zarr 'multiscales' metadata")
-    datasets = ms[0]["datasets"]
-    try:
-        ds = datasets[level]
-    except IndexError:
-        raise InputError(f"{path}: pyramid level {level} absent ({len(datasets)} levels)") from None
-    arr = group[ds["path"]]
-    scale = None
-    for tr in ds.get("coordinateTransformations", []):
-        if tr.get("type") == "scale":
-            scale = tr["scale"][-3:]
-    voxel = _voxel3(scale)
-    return arr, voxel
+    arr, voxel = read_ome_zarr(path, level=level)
+    return arr, _voxel3(voxel)
 
 
 def _is_ome_zarr_dir(path: Path) -> bool:

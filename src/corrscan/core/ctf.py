@@ -169,8 +169,20 @@ def _shape(shape: Any, n: int, name: str) -> tuple[int, ...]:
     return s
 
 
-@functools.lru_cache(maxsize=32)
+_CACHE_MAX_ELEMENTS = 1 << 22  # grids larger than this (e.g. whole micrographs) are not cached
+
+
 def _grid_terms(
+    shape: tuple[int, ...], rfft: bool, fftshift: bool, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frequency-grid terms, cached for template-sized grids (see :func:`_grid_terms_uncached`)."""
+    n = math.prod(shape[:-1]) * (shape[-1] // 2 + 1 if rfft else shape[-1])
+    if n <= _CACHE_MAX_ELEMENTS:
+        return _grid_terms_cached(shape, rfft, fftshift, device, dtype)
+    return _grid_terms_uncached(shape, rfft, fftshift, device, dtype)
+
+
+def _grid_terms_uncached(
     shape: tuple[int, ...], rfft: bool, fftshift: bool, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(|k|², |k|² cos 2α, |k|² sin 2α)`` in cycles²/px² on the (r)fft grid, ``α`` the
@@ -198,6 +210,9 @@ def _grid_terms(
         c2.to(dtype).contiguous(),
         s2.to(dtype).contiguous(),
     )
+
+
+_grid_terms_cached = functools.lru_cache(maxsize=32)(_grid_terms_uncached)
 
 
 def _ctf_kernel(

@@ -40,6 +40,7 @@ __all__ = [
     "fourier_bin",
     "fourier_crop",
     "fourier_crop_rfft",
+    "fourier_resample",
     "fourier_shift",
     "frequency_radius",
     "next_fast_len",
@@ -213,8 +214,20 @@ def fftfreq_grid(
     return torch.stack(grids, dim=-1)
 
 
-@functools.lru_cache(maxsize=64)
+_CACHE_MAX_ELEMENTS = 1 << 22  # larger grids (whole micrographs/tomograms) are not cached
+
+
 def _radius_cached(
+    shape: tuple[int, ...], rfft: bool, fftshift: bool, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """``|k|`` grid (cycles/px); cached for grids up to ``_CACHE_MAX_ELEMENTS``. Read-only."""
+    n = math.prod(shape[:-1]) * (shape[-1] // 2 + 1 if rfft else shape[-1])
+    if n <= _CACHE_MAX_ELEMENTS:
+        return _radius_lru(shape, rfft, fftshift, device, dtype)
+    return _radius_grid(shape, rfft, fftshift, device, dtype)
+
+
+def _radius_grid(
     shape: tuple[int, ...], rfft: bool, fftshift: bool, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
     axes = _freq_axes_cached(shape, rfft, fftshift, device, dtype)
@@ -224,6 +237,9 @@ def _radius_cached(
         view[i] = -1
         r2 = r2 + f.reshape(view) ** 2
     return r2.sqrt()
+
+
+_radius_lru = functools.lru_cache(maxsize=64)(_radius_grid)
 
 
 def frequency_radius(
@@ -331,14 +347,19 @@ def _phase_ramp(
     device: torch.device,
     real_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """``exp(-2πi k·s)`` of shape ``(*shifts.shape[:-1], *ft_shape)`` (separable product)."""
+    """``exp(-2πi k·s)`` of shape ``(*shifts.shape[:-1], *ft_shape)`` (separable product).
+
+    The per-axis phases are computed in float64 (large shifts keep their accuracy) and cast.
+    """
     nd = len(image_shape)
-    axes = _freq_axes(image_shape, rfft=rfft, device=device, dtype=real_dtype)
+    axes = _freq_axes(image_shape, rfft=rfft, device=device, dtype=torch.float64)
+    cdt = torch.complex128 if real_dtype == torch.float64 else torch.complex64
+    s64 = shifts.to(torch.float64)
     batch = shifts.shape[:-1]
     ramp = None
     for i, f in enumerate(axes):
-        ph = -2.0 * math.pi * shifts[..., i, None] * f  # (*batch, n_i)
-        e = torch.polar(torch.ones_like(ph), ph)
+        ph = -2.0 * math.pi * s64[..., i, None] * f  # (*batch, n_i)
+        e = torch.polar(torch.ones_like(ph), ph).to(cdt)
         view = [*batch] + [1] * nd
         view[len(batch) + i] = f.shape[0]
         e = e.reshape(view)
@@ -646,7 +667,9 @@ def whitening_filter(
     ``|k|`` (cycles/pixel, so ``image`` and the target must share the pixel size) onto the rfft
     grid of ``output_shape`` (e.g. the template box), normalised to a maximum of 1 and its DC
     set to 0. Multiplying ``rfftn(image)`` by the filter for ``output_shape = image.shape``
-    gives a flat spectrum (up to the radial binning).
+    gives a flat spectrum (up to the radial binning). Bins with (almost) no power, e.g. beyond
+    the band limit of a noise-free or low-passed image, get a huge filter value that then
+    dominates the normalisation: set ``max_freq`` or multiply by a band-pass in that case.
 
     Parameters
     ----------
@@ -807,15 +830,22 @@ def _crop_index(n_old: int, n_new: int, device: torch.device) -> torch.Tensor:
     return torch.cat([pos, neg])
 
 
-def fourier_crop_rfft(x_ft: Any, image_shape: Sequence[int], new_shape: Sequence[int]) -> Any:
+def fourier_crop_rfft(
+    x_ft: Any, image_shape: Sequence[int], new_shape: Sequence[int], *, fold_nyquist: bool = True
+) -> Any:
     """Keep the low frequencies of an rfft spectrum for a smaller real-space grid.
 
     Parameters
     ----------
     x_ft
-        ``(..., *rfft_shape(image_shape))`` complex spectrum (DC first).
+        ``(..., *rfft_shape(image_shape))`` complex spectrum (DC first) of a real array.
     image_shape, new_shape
         Old and new real-space shapes (new <= old on every axis).
+    fold_nyquist
+        For an even new size ``M < N``, the new Nyquist coefficient receives both old
+        coefficients at ``±M/2`` (so a cosine exactly at the new Nyquist is sampled exactly,
+        as ``scipy.signal.resample`` does); ``False`` keeps only the ``-M/2`` one (full axes)
+        / ``+M/2`` one (rfft axis).
 
     Returns
     -------
@@ -834,9 +864,26 @@ def fourier_crop_rfft(x_ft: Any, image_shape: Sequence[int], new_shape: Sequence
     out = t
     for i in range(nd - 1):
         dim = t.ndim - nd + i
-        if new[i] != old[i]:
-            out = out.index_select(dim, _crop_index(old[i], new[i], t.device))
-    out = out[..., : new[-1] // 2 + 1]
+        n_old, n_new = old[i], new[i]
+        if n_new == n_old:
+            continue
+        cropped = out.index_select(dim, _crop_index(n_old, n_new, t.device))
+        if fold_nyquist and n_new % 2 == 0:
+            # new index n_new // 2 holds -M/2; add the +M/2 coefficient (old index M/2)
+            pos = out.narrow(dim, n_new // 2, 1)
+            cropped = cropped.index_add(dim, torch.tensor([n_new // 2], device=t.device), pos)
+        out = cropped
+    m_old, m_new = old[-1], new[-1]
+    out = out[..., : m_new // 2 + 1]
+    if fold_nyquist and m_new < m_old and m_new % 2 == 0:
+        # partner of (k, +M/2) is (k, -M/2) = conj(X(-k, +M/2)) on the (cropped) full axes
+        ny = out[..., -1:]
+        partner = ny.conj()
+        for i in range(nd - 1):
+            dim = out.ndim - nd + i
+            neg = (-torch.arange(new[i], device=t.device)) % new[i]
+            partner = partner.index_select(dim, neg)
+        out = torch.cat([out[..., :-1], ny + partner], dim=-1)
     return restore(out)
 
 
@@ -846,10 +893,10 @@ def fourier_crop(x: Any, new_shape: Sequence[int]) -> Any:
     The output samples the same field of view on a coarser grid: pixel size scales by
     ``old / new`` per axis, output pixel ``j`` sits at input coordinate ``j · old / new``
     (origin at the first pixel). Values are preserved (the spectrum is scaled by
-    ``N_new / N_old``, so the mean is kept), and a band-limited image (no content at or above
-    the new Nyquist) is resampled exactly. Content above the new Nyquist is discarded; for an
-    even new size the coefficient exactly at the new Nyquist is taken from one side only
-    (negative frequency on full axes, positive on the rfft axis).
+    ``N_new / N_old``, so the mean is kept), and a band-limited image (no content above the
+    new Nyquist; a cosine exactly at an even new size's Nyquist is kept by folding the
+    ``±M/2`` coefficients) is resampled exactly. Content above the new Nyquist is discarded.
+    Same result as ``scipy.signal.resample`` applied along each axis.
 
     Parameters
     ----------
@@ -875,6 +922,76 @@ def fourier_crop(x: Any, new_shape: Sequence[int]) -> Any:
     scale = math.prod(new) / math.prod(old)
     out = torch.fft.irfftn(ft * scale, s=new, dim=dims)
     return restore(out)
+
+
+def _pad_spectrum_rfft(t: torch.Tensor, old: tuple[int, ...], new: tuple[int, ...]) -> torch.Tensor:
+    """Zero-pad an rfft spectrum from ``old`` to a larger ``new`` real shape (Nyquist split)."""
+    nd = len(old)
+    out = t
+    for i in range(nd - 1):
+        n, m = old[i], new[i]
+        if m == n:
+            continue
+        dim = out.ndim - nd + i
+        shape = list(out.shape)
+        shape[dim] = m
+        big = out.new_zeros(shape)
+        pos, neg = (n + 1) // 2, n // 2
+        big.narrow(dim, 0, pos).copy_(out.narrow(dim, 0, pos))
+        if neg:
+            big.narrow(dim, m - neg, neg).copy_(out.narrow(dim, n - neg, neg))
+        if n % 2 == 0:
+            # old Nyquist (-n/2) becomes half at -n/2 and half at +n/2
+            half = out.narrow(dim, n // 2, 1) * 0.5
+            big.narrow(dim, m - n // 2, 1).copy_(half)
+            big.narrow(dim, n // 2, 1).copy_(half)
+        out = big
+    n, m = old[-1], new[-1]
+    if m != n:
+        shape = list(out.shape)
+        shape[-1] = m // 2 + 1
+        big = out.new_zeros(shape)
+        big[..., : n // 2 + 1] = out
+        if n % 2 == 0:
+            big[..., n // 2] *= 0.5
+        out = big
+    return out
+
+
+def fourier_resample(x: Any, new_shape: Sequence[int]) -> Any:
+    """Fourier (trigonometric / sinc) resampling to any new shape, up or down per axis.
+
+    Same field of view, new grid: pixel size scales by ``old / new`` per axis; output pixel
+    ``j`` sits at input coordinate ``j · old / new``. Down-sampling axes are Fourier-cropped
+    (:func:`fourier_crop`), up-sampling axes zero-padded in Fourier space (an even old size's
+    Nyquist coefficient split between ``±N/2``). Values (and the mean) are preserved; equals
+    ``scipy.signal.resample`` along each axis.
+
+    Parameters
+    ----------
+    x
+        ``(..., *old)`` real array; the spatial axes are the last ``len(new_shape)``.
+    new_shape
+        New spatial shape.
+
+    Returns
+    -------
+    ``(..., *new_shape)`` same kind and dtype as ``x``.
+    """
+    t, restore = unwrap(x, name="x")
+    t = _to_real(t, "x")
+    new = _as_shape(new_shape, "new_shape")
+    nd = _infer_ndim(t, len(new), "x")
+    old = tuple(t.shape[-nd:])
+    dims = tuple(range(-nd, 0))
+    mid = tuple(min(a, b) for a, b in zip(old, new, strict=True))
+    ft = torch.fft.rfftn(t, dim=dims)
+    if mid != old:
+        ft = fourier_crop_rfft(ft, old, mid)
+    if mid != new:
+        ft = _pad_spectrum_rfft(ft, mid, new)
+    scale = math.prod(new) / math.prod(old)
+    return restore(torch.fft.irfftn(ft * scale, s=new, dim=dims))
 
 
 def fourier_bin(x: Any, factor: float, *, ndim: int | None = None) -> Any:

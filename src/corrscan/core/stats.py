@@ -74,8 +74,10 @@ __all__ = [
     "MaxAccumulator",
     "MomentAccumulator",
     "SearchStatistics",
+    "batch_argmax",
     "batch_sum",
     "batch_sum_of_squares",
+    "reduce_batch",
 ]
 
 FRAC_BITS = 52
@@ -169,15 +171,105 @@ def batch_sum_of_squares(x: torch.Tensor) -> torch.Tensor:
     return _tree_sum_(t)
 
 
-def _fixed_point_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Split a float tensor into int64 limbs ``hi + lo * 2**-52`` and return ``max |x|``.
+def batch_argmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max and argmax over axis 0 of ``x`` `(B, ...)`: ``(values (...), int64 indices (...))``.
+
+    Ties keep the first (lowest) batch position. A pairwise tree over adjacent, ordered
+    ranges made of element-wise comparisons, so it is deterministic on every device; used
+    instead of ``torch.max(dim=0)`` / ``argmax``, whose CPU kernels are very slow for a
+    reduction over the leading axis.
+    """
+    n = x.shape[0]
+    if n == 1:
+        return x[0].clone(), torch.zeros(x.shape[1:], dtype=torch.int64, device=x.device)
+    idx_dtype = torch.int16 if n < 2**15 else torch.int64
+    bshape = (-1,) + (1,) * (x.ndim - 1)
+    m = (n + 1) // 2
+    k = n // 2
+    v = x[0::2].clone()  # (m, ...): positions 0, 2, 4, ...
+    i = torch.arange(0, n, 2, dtype=idx_dtype, device=x.device).reshape(bshape).expand(v.shape)
+    i = i.clone()
+    right = x[1::2]
+    take = right > v[:k]
+    torch.where(take, right, v[:k], out=v[:k])
+    r_idx = torch.arange(1, n, 2, dtype=idx_dtype, device=x.device).reshape(bshape)
+    torch.where(take, r_idx, i[:k], out=i[:k])
+    stride = 1
+    while stride < m:  # slot j*2*stride holds positions [j*2*stride, j*2*stride + stride)
+        lv, rv = v[0 :: 2 * stride], v[stride :: 2 * stride]
+        li, ri = i[0 :: 2 * stride], i[stride :: 2 * stride]
+        c = rv.shape[0]
+        take = rv > lv[:c]
+        torch.where(take, rv, lv[:c], out=lv[:c])
+        torch.where(take, ri, li[:c], out=li[:c])
+        stride *= 2
+    return v[0], i[0].to(torch.int64)
+
+
+REDUCE_CHUNK_BYTES = 16 << 20
+"""Batch reductions run over slabs of the first map axis of about this many input bytes
+(bounded temporaries, cache-friendly on the CPU). Results do not depend on it: every
+operation is element-wise across pixels."""
+
+
+def reduce_batch(
+    x: torch.Tensor,
+    *,
+    maxima: bool = True,
+    sums: bool = True,
+    x_for_max: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """One pass over a batch `(B, *shape)`: max/argmax and/or sum and sum of squares.
+
+    Parameters
+    ----------
+    x
+        `(B, *shape)` floating scores (any strides, e.g. a valid-region view).
+    maxima, sums
+        Which reductions to compute.
+    x_for_max
+        Optional reordering of ``x`` used for the max/argmax only (same shape).
+
+    Returns
+    -------
+    dict
+        ``max`` `(*shape)`, ``argmax`` `(*shape)` int64 (first position on ties), ``s1``,
+        ``s2`` `(*shape)` in ``x.dtype`` -- exactly :func:`batch_argmax`, :func:`batch_sum`,
+        :func:`batch_sum_of_squares` of the whole batch, computed slab by slab.
+    """
+    xm = x if x_for_max is None else x_for_max
+    shape = tuple(x.shape[1:])
+    out: dict[str, torch.Tensor] = {}
+    if maxima:
+        out["max"] = torch.empty(shape, dtype=x.dtype, device=x.device)
+        out["argmax"] = torch.empty(shape, dtype=torch.int64, device=x.device)
+    if sums:
+        out["s1"] = torch.empty(shape, dtype=x.dtype, device=x.device)
+        out["s2"] = torch.empty(shape, dtype=x.dtype, device=x.device)
+    per_row = x.shape[0] * x.element_size() * max(1, math.prod(shape[1:]))
+    rows = max(1, REDUCE_CHUNK_BYTES // per_row) if x.device.type == "cpu" else shape[0]
+    for r0 in range(0, shape[0], rows):
+        sl = slice(r0, min(shape[0], r0 + rows))
+        if maxima:
+            v, i = batch_argmax(xm[:, sl])
+            out["max"][sl] = v
+            out["argmax"][sl] = i
+        if sums:
+            xc = x[:, sl]
+            out["s1"][sl] = batch_sum(xc)
+            out["s2"][sl] = batch_sum_of_squares(xc)
+    return out
+
+
+def _fixed_point_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split a float tensor into int64 limbs ``hi + lo * 2**-52``; also ``max |x|`` (0-d).
 
     Works in ``x``'s own dtype: ``trunc``, ``x - trunc(x)``, the power-of-two scaling and
     ``round`` are exact in float32 and float64 alike, so the limbs are the same as those of
-    the float64 value.
+    the float64 value. ``max |x|`` is NaN if ``x`` has a NaN (no host synchronisation here).
     """
     mn, mx = torch.aminmax(x)
-    bound = max(abs(float(mn)), abs(float(mx)))
+    bound = torch.maximum(mx, -mn).to(torch.float64)
     t = torch.trunc(x)
     hi = t.to(torch.int64)
     # (x - trunc(x)) is exact; scaling by a power of two is exact; round-half-even.
@@ -288,7 +380,7 @@ class MaxAccumulator:
         better = new_max > cur
         if self.tie_break is not None:
             ties = new_max == cur
-            if bool(ties.any()):
+            if cur.device.type != "cpu" or bool(ties.any()):  # no host sync on GPUs
                 tb_new = new_payloads[self.tie_break]
                 tb_cur = self._payloads[self.tie_break]
                 better |= ties & (tb_new < tb_cur)
@@ -314,7 +406,17 @@ class MaxAccumulator:
         self
         """
         x = _as_batch(scores, self.shape, self.device)
-        b = x.shape[0]
+        pl, perm = self._prepare_payloads(payloads, x.shape[0])
+        xm = x if perm is None else x.index_select(0, perm)
+        red = reduce_batch(xm, sums=False)
+        self._fold_batch(red["max"], red["argmax"], pl)
+        return self
+
+    def _prepare_payloads(
+        self, payloads: Mapping[str, Any] | None, b: int
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Validated `(B,)` payload tensors, and the batch order that sorts the tie payload
+        (``None`` when it is already strictly increasing, the usual case)."""
         payloads = dict(payloads or {})
         missing = [n for n in self.payload_names if n not in payloads]
         extra = [n for n in payloads if n not in self.payload_names]
@@ -335,19 +437,22 @@ class MaxAccumulator:
                 )
             pl[name] = p
         self._ensure_payloads({n: p.dtype for n, p in pl.items()})
+        perm = None
         if b > 1 and self.tie_break is not None:
             tb = pl[self.tie_break]
             if not bool((tb[1:] > tb[:-1]).all()):
-                # torch.max keeps the first occurrence: order the batch by the tie payload.
+                # the batch argmax keeps the first position: order by the tie payload
                 perm = torch.sort(tb, stable=True).indices
-                x = x.index_select(0, perm)
                 pl = {n: p.index_select(0, perm) for n, p in pl.items()}
-        bmax, barg = torch.max(x, dim=0)
+        return pl, perm
+
+    def _fold_batch(
+        self, bmax: torch.Tensor, barg: torch.Tensor, pl: Mapping[str, torch.Tensor]
+    ) -> None:
         flat = barg.reshape(-1)
         gathered = {n: p.take(flat).reshape(self.shape) for n, p in pl.items()}
         self._fold(bmax, gathered)
         self.n_updates += 1
-        return self
 
     def merge(self, other: MaxAccumulator) -> MaxAccumulator:
         """Fold another accumulator (same shape and payloads) into this one; returns ``self``."""
@@ -444,13 +549,25 @@ class MomentAccumulator:
         self._count = 0
         self.n_updates = 0
         self._pending = 0  # updates since the last carry
-        self._bound1 = 0.0  # running bound on |sum|
-        self._bound2 = 0.0  # running bound on sum of squares
+        # running bounds on |sum| and on the sum of squares (float64, on the device: checked
+        # at once on the CPU, at the next carry/read/merge on GPUs to avoid host syncs)
+        self._bounds = torch.zeros(2, dtype=torch.float64, device=self.device)
 
     # -- internals
+    def _check_bounds(self) -> None:
+        b1, b2 = (float(v) for v in self._bounds.cpu())
+        if not (math.isfinite(b1) and math.isfinite(b2)):
+            raise InputError("scores contain NaN or Inf: clean or mask the score maps first")
+        if b1 >= _CAPACITY or b2 >= _CAPACITY:
+            raise InputError(
+                "MomentAccumulator capacity exceeded: per-pixel sums could reach "
+                f"{max(b1, b2):.3g} >= 2**62; normalise or rescale the scores"
+            )
+
     def _carry(self) -> None:
         if self._pending == 0:
             return
+        self._check_bounds()
         for hi, lo in ((self._s1_hi, self._s1_lo), (self._s2_hi, self._s2_lo)):
             c = torch.bitwise_right_shift(lo, FRAC_BITS)  # floor(lo / 2**52)
             hi.add_(c)
@@ -460,14 +577,16 @@ class MomentAccumulator:
     def _add_limbs(self, s1: torch.Tensor, s2: torch.Tensor) -> None:
         hi1, lo1, b1 = _fixed_point_split(s1)
         hi2, lo2, b2 = _fixed_point_split(s2)
-        if not (math.isfinite(b1) and math.isfinite(b2)):
-            raise InputError("scores contain NaN or Inf: clean or mask the score maps first")
-        nb1, nb2 = self._bound1 + b1, self._bound2 + b2
-        if nb1 >= _CAPACITY or nb2 >= _CAPACITY:
-            raise InputError(
-                "MomentAccumulator capacity exceeded: per-pixel sums could reach "
-                f"{max(nb1, nb2):.3g} >= 2**62; normalise or rescale the scores"
-            )
+        new_bounds = self._bounds + torch.stack((b1, b2))
+        if self.device.type == "cpu":
+            old, self._bounds = self._bounds, new_bounds
+            try:
+                self._check_bounds()
+            except InputError:
+                self._bounds = old  # the state is untouched: the update is refused
+                raise
+        else:
+            self._bounds = new_bounds
         if self._pending >= _CARRY_EVERY:
             self._carry()
         self._s1_hi += hi1
@@ -475,7 +594,6 @@ class MomentAccumulator:
         self._s2_hi += hi2
         self._s2_lo += lo2
         self._pending += 1
-        self._bound1, self._bound2 = nb1, nb2
 
     @staticmethod
     def _limbs_to_float(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
@@ -487,7 +605,10 @@ class MomentAccumulator:
         x = _as_batch(scores, self.shape, self.device)
         if self.shift != 0.0:
             x = x - self.shift
-        self.update_from_sums(batch_sum(x), batch_sum_of_squares(x), x.shape[0])
+        red = reduce_batch(x, maxima=False)
+        self._add_limbs(red["s1"], red["s2"])
+        self._count += int(x.shape[0])
+        self.n_updates += 1
         return self
 
     def update_from_sums(self, s1: Any, s2: Any, count: int) -> MomentAccumulator:
@@ -519,9 +640,8 @@ class MomentAccumulator:
                 f"cannot merge MomentAccumulator(shape={other.shape}, shift={other.shift}) into "
                 f"shape={self.shape}, shift={self.shift}"
             )
-        nb1, nb2 = self._bound1 + other._bound1, self._bound2 + other._bound2
-        if nb1 >= _CAPACITY or nb2 >= _CAPACITY:
-            raise InputError("MomentAccumulator capacity exceeded by merge (sums >= 2**62)")
+        self._bounds = self._bounds + other._bounds.to(self.device)
+        self._check_bounds()
         self._carry()
         other._carry()
         self._s1_hi += other._s1_hi.to(self.device)
@@ -532,7 +652,6 @@ class MomentAccumulator:
         self._carry()
         self._count += other._count
         self.n_updates += other.n_updates
-        self._bound1, self._bound2 = nb1, nb2
         return self
 
     @property
@@ -585,7 +704,7 @@ class MomentAccumulator:
             "shift": self.shift,
             "count": int(self._count),
             "n_updates": int(self.n_updates),
-            "bounds": [self._bound1, self._bound2],
+            "bounds": self._bounds.cpu().clone(),
             "sum_hi": self._s1_hi.cpu().clone(),
             "sum_lo": self._s1_lo.cpu().clone(),
             "sumsq_hi": self._s2_hi.cpu().clone(),
@@ -611,7 +730,9 @@ class MomentAccumulator:
             setattr(acc, attr, t.to(acc.device).clone())
         acc._count = int(d["count"])
         acc.n_updates = int(d.get("n_updates", 0))
-        acc._bound1, acc._bound2 = (float(v) for v in d.get("bounds", [0.0, 0.0]))
+        bounds = d.get("bounds")
+        if bounds is not None:
+            acc._bounds = torch.as_tensor(bounds, dtype=torch.float64).to(acc.device).clone()
         return acc
 
     def __repr__(self) -> str:
@@ -656,8 +777,19 @@ class SearchStatistics:
     def update(self, scores: Any, payloads: Mapping[str, Any] | None = None) -> SearchStatistics:
         """Add a batch `(B, *shape)` with its payloads ``{name: (B,)}``; returns ``self``."""
         x = _as_batch(scores, self.shape, self.device)
-        self.max_acc.update(x, payloads)
-        self.moments.update(x)
+        pl, perm = self.max_acc._prepare_payloads(payloads, x.shape[0])
+        shift = self.moments.shift
+        xs = x - shift if shift != 0.0 else x
+        if perm is None and shift == 0.0:
+            red = reduce_batch(x)  # one pass: max/argmax and both sums
+        else:
+            xm = x if perm is None else x.index_select(0, perm)
+            red = reduce_batch(xs, x_for_max=xm)
+        self.max_acc._fold_batch(red["max"], red["argmax"], pl)
+        m = self.moments
+        m._add_limbs(red["s1"], red["s2"])
+        m._count += int(x.shape[0])
+        m.n_updates += 1
         return self
 
     def merge(self, other: SearchStatistics) -> SearchStatistics:

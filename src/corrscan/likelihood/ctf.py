@@ -24,7 +24,7 @@ from corrscan.core.ctf import electron_wavelength
 from corrscan.errors import InputError
 from corrscan.likelihood.grid import PolarGrid
 
-__all__ = ["CtfParams", "ctf_polar"]
+__all__ = ["CtfParams", "ctf_at", "ctf_polar"]
 
 
 def _arr(x, n: int, name: str) -> np.ndarray:
@@ -105,31 +105,29 @@ class CtfParams:
         return cls(np.zeros(n), amplitude_contrast=0.0, phase_shift=90.0, spherical_aberration=0.0)
 
 
-def ctf_polar(
+def ctf_at(
     params: CtfParams,
-    grid: PolarGrid,
+    kx: np.ndarray,
+    ky: np.ndarray,
+    pixel_size: float,
     *,
-    index: slice | np.ndarray | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """CTF of every image at every polar point, `(n, n_shells, W)` real.
-
-    ``index`` selects a subset of the images. Computed in float64, returned in ``dtype``.
-    """
-    p = params if index is None else params.subset(index)
+    """CTF of every image at frequencies ``(kx, ky)`` (cycles/pixel, any shape), `(n, *k.shape)`."""
     dev = torch.device(device)
     f64 = torch.float64
+    kshape = np.shape(kx)
+    extra = (None,) * len(kshape)
 
     def t(a) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(a), dtype=f64, device=dev)[:, None, None]
+        return torch.as_tensor(np.asarray(a), dtype=f64, device=dev)[(slice(None), *extra)]
 
-    kx, ky = grid.points()
-    ps = grid.pixel_size
-    kx = torch.as_tensor(kx / ps, dtype=f64, device=dev)
-    ky = torch.as_tensor(ky / ps, dtype=f64, device=dev)
-    k2 = kx**2 + ky**2
-    alpha = torch.atan2(ky, kx)
+    kxt = torch.as_tensor(np.asarray(kx) / pixel_size, dtype=f64, device=dev)
+    kyt = torch.as_tensor(np.asarray(ky) / pixel_size, dtype=f64, device=dev)
+    k2 = kxt**2 + kyt**2
+    alpha = torch.atan2(kyt, kxt)
+    p = params
     lam = t(electron_wavelength(np.asarray(p.voltage)))
     du, dv = t(p.defocus_u), t(p.defocus_v)
     ang = torch.deg2rad(t(p.astigmatism_angle))
@@ -142,3 +140,25 @@ def ctf_polar(
     if bool((bf != 0).any()):
         ctf = ctf * torch.exp(-0.25 * bf * k2)
     return ctf.to(dtype)
+
+
+def ctf_polar(
+    params: CtfParams | torch.Tensor,
+    grid: PolarGrid,
+    *,
+    index: slice | np.ndarray | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """CTF of every image at every polar point, `(n, n_shells, W)` real.
+
+    ``params`` may also be an explicit real CTF tensor `(M, n_shells, W)` (it must be even,
+    ``CTF(-k) = CTF(k)``); ``index`` selects a subset of the images. Computed in float64,
+    returned in ``dtype``.
+    """
+    if isinstance(params, torch.Tensor):
+        t = params if index is None else params[torch.as_tensor(np.arange(len(params))[index])]
+        return t.to(device=device, dtype=dtype)
+    p = params if index is None else params.subset(index)
+    kx, ky = grid.points()
+    return ctf_at(p, kx, ky, grid.pixel_size, device=device, dtype=dtype)

@@ -109,7 +109,7 @@ class PolarGrid:
         if not 0 < resolution_factor <= 2:
             raise InputError(f"resolution_factor must be in (0, 2], got {resolution_factor}")
         if n_shells is None:
-            n_shells = int(round(n_pixels * resolution_factor)) + 1
+            n_shells = round(n_pixels * resolution_factor) + 1
         if n_inplanes is None:
             n_inplanes = 2 * n_pixels
         if n_shells < 1:
@@ -312,7 +312,9 @@ def viewing_grid_fibonacci(n: int) -> ViewingGrid:
     return ViewingGrid(np.stack([phi, theta, np.zeros(n)], 1), np.full(n, 4 * np.pi / n))
 
 
-def viewing_grid_from_angles(euler_deg: np.ndarray, weights: np.ndarray | None = None) -> ViewingGrid:
+def viewing_grid_from_angles(
+    euler_deg: np.ndarray, weights: np.ndarray | None = None
+) -> ViewingGrid:
     """Explicit `(S, 2)` ``(phi, theta)`` or `(S, 3)` Euler angles (degrees), weights 1/S."""
     e = np.asarray(euler_deg, dtype=np.float64)
     if e.ndim != 2 or e.shape[1] not in (2, 3):

@@ -66,7 +66,9 @@ __all__ = [
 Level = Literal["full", "displacement", "rotation", "displacement_rotation", "pose"]
 _LEVELS = ("full", "displacement", "rotation", "displacement_rotation", "pose")
 
-_OOM = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", MemoryError)
+_OOM = getattr(torch, "OutOfMemoryError", None) or getattr(
+    torch.cuda, "OutOfMemoryError", MemoryError
+)
 
 
 # ----------------------------------------------------------------------------- likelihood math
@@ -201,7 +203,9 @@ class _Prepared:
     w: int
 
 
-def _prepare(grid: PolarGrid, disp_px: np.ndarray, dev: torch.device, cdt: torch.dtype) -> _Prepared:
+def _prepare(
+    grid: PolarGrid, disp_px: np.ndarray, dev: torch.device, cdt: torch.dtype
+) -> _Prepared:
     rdt = torch.float64 if cdt == torch.complex128 else torch.float32
     kx, ky = grid.points()
     ph = 2.0 * np.pi * (disp_px[:, 0, None, None] * kx[None] + disp_px[:, 1, None, None] * ky[None])
@@ -232,20 +236,40 @@ def _template_side(t: torch.Tensor, pr: _Prepared) -> tuple[torch.Tensor, torch.
 def _image_side(
     img: torch.Tensor, ctf: torch.Tensor, pr: _Prepared, with_mask: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Image rows ``A`` `(Q, Mb·D·K, N)`, ``Ac`` `(P, Mb, N)`, ``I_yy`` and ``I_sy`` `(Mb,)`."""
-    mb, n, _ = img.shape
-    a = (ctf * img)[:, None] * pr.phases[None]  # (Mb, D, N, W)
+    """Image rows ``A`` `(Q, K·Mb·D, N)` (rows ordered (kind, image, displacement); kind 1 =
+    the box mask scaled by ``1/sqrt(I_ss)``), ``Ac`` `(P, Mb, N)`, ``I_yy`` and
+    ``u = I_sy / sqrt(I_ss)`` `(Mb,)`."""
+    mb, n, w = img.shape
+    d = pr.phases.shape[0]
+    k = 2 if with_mask else 1
+    buf = torch.empty((k, mb, d, n, w), dtype=img.dtype, device=img.device)
+    torch.mul((ctf * img)[:, None], pr.phases[None], out=buf[0])
+    s_n = pr.s / math.sqrt(pr.iss)
     if with_mask:
-        g = (ctf * pr.s)[:, None] * pr.phases[None]
-        a = torch.stack([a, g], dim=2)  # (Mb, D, 2, N, W)
-    rows = torch.fft.fft(a, dim=-1)[..., : pr.n_modes].conj()
+        torch.mul((ctf * s_n)[:, None], pr.phases[None], out=buf[1])
+    rows = torch.fft.fft(buf, dim=-1)[..., : pr.n_modes].conj()
+    del buf
     rows = rows.reshape(-1, n, pr.n_modes).permute(2, 0, 1).contiguous()
     c2 = ctf[..., : pr.half] ** 2
     ac = torch.fft.rfft(c2, dim=-1).conj().permute(2, 0, 1).contiguous()
     wn = pr.w_n[:, None]
     iyy = (wn * img.abs() ** 2).sum(dim=(-2, -1))
-    isy = (wn * (pr.s.conj() * img).real).sum(dim=(-2, -1))
-    return rows, ac, iyy, isy
+    u = (wn * (s_n.conj() * img).real).sum(dim=(-2, -1))
+    return rows, ac, iyy, u
+
+
+def _loglik_inplace(
+    xy: torch.Tensor, xx: torch.Tensor, t: torch.Tensor, u: torch.Tensor, c: torch.Tensor, p: float
+) -> torch.Tensor:
+    """``−p ln D' − ½ ln A'`` with ``A' = xx − t²``, ``B' = xy − t u``, ``D' = c − B'²/A'``
+    (``t = I_sx/√I_ss``, ``u = I_sy/√I_ss``, ``c = I_yy − u²``), few passes, few temporaries.
+    Overwrites ``t``."""
+    tiny = torch.finfo(xy.dtype).tiny
+    b = torch.addcmul(xy, t, u, value=-1.0)
+    a = torch.addcmul(xx, t, t, value=-1.0).clamp_min_(tiny)
+    b.square_().div_(a)
+    d = torch.sub(c, b, out=b).clamp_min_(tiny)
+    return d.log_().mul_(-p).add_(a.log_(), alpha=-0.5)
 
 
 # ----------------------------------------------------------------------------- the search
@@ -380,7 +404,9 @@ def search(
         m0 += mb
     elapsed = time.perf_counter() - t0
 
-    res = SearchResult(level=level, cross_correlation=out["cc"], displacements=disp, rotations=rotations)
+    res = SearchResult(
+        level=level, cross_correlation=out["cc"], displacements=disp, rotations=rotations
+    )
     if "di" in out:
         res.displacement_x = torch.from_numpy(disp[:, 0])[out["di"]].to(f32)
         res.displacement_y = torch.from_numpy(disp[:, 1])[out["di"]].to(f32)
@@ -391,17 +417,25 @@ def search(
     if likelihood:
         c = torch.as_tensor(images.norms, dtype=torch.float64)
         p = n_real / 2.0 - 2.0
-        llms = out["llms"] - math.log(d_n) - math.log(w) - 2.0 * p * torch.log(c)[:, None]
+        const = log_likelihood_constant(n_real, pr.iss) - (p + 0.5) * math.log(pr.iss)
+        llms = out["llms"] + const - math.log(d_n * w) - 2.0 * p * torch.log(c)[:, None]
         res.log_likelihood_ms = llms
         lw = torch.as_tensor(templates.weights, dtype=torch.float64)
         lw = torch.log(lw / lw.sum())
         res.integrated_log_likelihood = torch.logsumexp(llms + lw[None], dim=1)
         if full:
-            res.log_likelihood_full = out["llf"] - (2.0 * p * torch.log(c)).to(f32)[:, None, None, None]
+            res.log_likelihood_full = (
+                out["llf"] + (const - 2.0 * p * torch.log(c)).to(f32)[:, None, None, None]
+            )
     if optimal_likelihood:
         res.log_likelihood_optimal = log_likelihood_at_poses(
-            images, templates, out["si"], np.stack([disp[out["di"], 0], disp[out["di"], 1]], 1),
-            out["wi"], device=dev, precision=precision,
+            images,
+            templates,
+            out["si"],
+            np.stack([disp[out["di"], 0], disp[out["di"], 1]], 1),
+            out["wi"],
+            device=dev,
+            precision=precision,
         )
     res.timings = {"templates_s": t_tpl, "total_s": elapsed}
     res.batch_sizes = {"n_images_per_batch": bi, "n_templates_per_batch": bt}
@@ -428,37 +462,31 @@ def _image_batch(
     sl = slice(m0, m0 + mb)
     img = images.data[sl].to(device=dev, dtype=cdt)
     ctf = ctf_polar(images.ctf, images.grid, index=np.arange(m0, m0 + mb), device=dev, dtype=rdt)
-    rows, ac, iyy, isy = _image_side(img, ctf, pr, with_mask)
+    rows, ac, iyy, u = _image_side(img, ctf, pr, with_mask)
     k = 2 if with_mask else 1
     p_exp = n_real / 2.0 - 2.0
-    iss = pr.iss
     best = None
+    c_img = (iyy - u * u)[None, None, :, None, None]
+    u_b = u[None, None, :, None, None]
     for s0, sb, btm, bcm in tsides:
-        c = torch.bmm(rows, btm)  # (Q, Mb*D*K, Sb)
-        x = torch.fft.irfft(c, n=w, dim=0).view(w, mb, d_n, k, sb)
+        c = torch.bmm(rows, btm)  # (Q, K*Mb*D, Sb)
+        x = torch.fft.irfft(c, n=w, dim=0).view(w, k, mb, d_n, sb)
         del c
         xx = torch.fft.irfft(torch.bmm(ac, bcm), n=h, dim=0)  # (H, Mb, Sb)
         xx = xx.clamp_min(torch.finfo(rdt).tiny)
         norm = torch.rsqrt(xx * iyy[None, :, None])  # (H, Mb, Sb)
-        xy = x[:, :, :, 0].unflatten(0, (2, h))  # (2, H, Mb, D, Sb)
+        xy = x[:, 0].unflatten(0, (2, h))  # (2, H, Mb, D, Sb)
         cc = (xy * norm[None, :, :, None, :]).reshape(w, mb, d_n, sb)
         ssl = slice(s0, s0 + sb)
         if with_mask:
-            sx = x[:, :, :, 1].unflatten(0, (2, h))
-            ll = log_likelihood_from_inner_products(
-                xy,
-                xx[None, :, :, None, :],
-                sx,
-                iyy[None, None, :, None, None],
-                isy[None, None, :, None, None],
-                iss,
-                n_real,
-            )  # (2, H, Mb, D, Sb)
-            del sx
-            out["llms"][sl, ssl] = torch.logsumexp(ll, dim=(0, 1, 3)).to(torch.float64).cpu()
+            t = x[:, 1].unflatten(0, (2, h))
+            ll = _loglik_inplace(xy, xx[None, :, :, None, :], t, u_b, c_img, p_exp)
             if level == "full":
                 out["llf"][sl, ssl] = ll.reshape(w, mb, d_n, sb).permute(1, 3, 2, 0).cpu()
-            del ll
+            mx = ll.amax(dim=(0, 1, 3), keepdim=True)
+            lse = ll.sub_(mx).exp_().sum(dim=(0, 1, 3)).log_() + mx[0, 0, :, 0, :]
+            out["llms"][sl, ssl] = lse.to(torch.float64).cpu()
+            del ll, t
         del x, xy
         if level == "full":
             out["cc"][sl, ssl] = cc.permute(1, 3, 2, 0).cpu()
@@ -492,7 +520,6 @@ def _image_batch(
         out["si"][sl] = best[1].cpu()
         out["di"][sl] = best[2].cpu()
         out["wi"][sl] = best[3].cpu()
-    _ = p_exp
 
 
 # ----------------------------------------------------------------------------- direct evaluation
@@ -567,7 +594,12 @@ def log_likelihood_at_poses(
 ) -> torch.Tensor:
     """log L (module docstring, image norm included) of each image at one given pose, `(M,)`."""
     ipd = pose_inner_products(
-        images, templates, template_index, displacement, rotation_index, device=device,
+        images,
+        templates,
+        template_index,
+        displacement,
+        rotation_index,
+        device=device,
         precision=precision,
     )
     n_real = images.grid.n_pixels**2
@@ -575,4 +607,6 @@ def log_likelihood_at_poses(
         ipd["ixy"], ipd["ixx"], ipd["isx"], ipd["iyy"], ipd["isy"], ipd["iss"], n_real
     )
     p = n_real / 2.0 - 2.0
-    return (ll - 2.0 * p * torch.log(torch.as_tensor(images.norms, dtype=torch.float64).to(ll.device))).cpu()
+    return (
+        ll - 2.0 * p * torch.log(torch.as_tensor(images.norms, dtype=torch.float64).to(ll.device))
+    ).cpu()

@@ -161,7 +161,9 @@ def _star_origins(df: pd.DataFrame, pixel_size: float) -> tuple[np.ndarray, np.n
     return z, z.copy()
 
 
-def _finish_table(df: pd.DataFrame, ox: np.ndarray, oy: np.ndarray, source: list[str], idx) -> pd.DataFrame:
+def _finish_table(
+    df: pd.DataFrame, ox: np.ndarray, oy: np.ndarray, source: list[str], idx
+) -> pd.DataFrame:
     tab = pd.DataFrame({"source_file": source, "source_index": np.asarray(idx, dtype=np.int64)})
     tab["origin_x"] = ox
     tab["origin_y"] = oy
@@ -219,7 +221,9 @@ def _gather(files: np.ndarray, idx: np.ndarray, base: Path) -> np.ndarray:
         if out is None:
             out = np.empty((len(files), *imgs.shape[1:]), dtype=np.float32)
         if imgs.shape[1:] != out.shape[1:]:
-            raise FileFormatError(f"stack {name} has images of shape {imgs.shape[1:]}, others {out.shape[1:]}")
+            raise FileFormatError(
+                f"stack {name} has images of shape {imgs.shape[1:]}, others {out.shape[1:]}"
+            )
         out[sel] = imgs
     assert out is not None
     return out
@@ -233,7 +237,9 @@ def read_cryosparc(cs_path: str | Path, *, project_dir: str | Path | None = None
     try:
         cs = np.load(cs_path, allow_pickle=False)
     except ValueError as exc:
-        raise FileFormatError(f"{cs_path} is not a cryoSPARC .cs (numpy record) file: {exc}") from exc
+        raise FileFormatError(
+            f"{cs_path} is not a cryoSPARC .cs (numpy record) file: {exc}"
+        ) from exc
     names = cs.dtype.names or ()
     need = ["blob/path", "blob/idx", "ctf/df1_A", "ctf/df2_A"]
     missing = [n for n in need if n not in names]

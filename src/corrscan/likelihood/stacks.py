@@ -20,7 +20,7 @@ from corrscan.likelihood.ctf import CtfParams
 from corrscan.likelihood.grid import PolarGrid
 from corrscan.likelihood.transform import images_to_polar
 
-__all__ = ["PolarImages", "PolarTemplates", "images_from_real_space", "atomic_save"]
+__all__ = ["PolarImages", "PolarTemplates", "atomic_save", "images_from_real_space"]
 
 
 def atomic_save(obj: dict, path: str | Path) -> None:
@@ -108,7 +108,7 @@ class PolarImages:
     grid
         The polar grid.
     ctf
-        Per-image CTF parameters.
+        Per-image CTF parameters, or an explicit real CTF tensor `(M, n_shells, W)`.
     norms
         `(M,)` float64: the quadrature norm ``sqrt(Σ ω |F|²)`` divided out (the likelihoods add
         ``-(N/2 - 2) · 2 ln norm`` back so that they refer to the data as given).
@@ -118,7 +118,7 @@ class PolarImages:
 
     data: torch.Tensor
     grid: PolarGrid
-    ctf: CtfParams
+    ctf: CtfParams | torch.Tensor
     norms: torch.Tensor
     table: pd.DataFrame | None = field(default=None)
 
@@ -128,7 +128,8 @@ class PolarImages:
     def subset(self, index: slice) -> PolarImages:
         tab = None if self.table is None else self.table.iloc[index].reset_index(drop=True)
         idx = np.arange(len(self))[index]
-        return PolarImages(self.data[index], self.grid, self.ctf.subset(idx), self.norms[index], tab)
+        ctf = self.ctf[idx] if isinstance(self.ctf, torch.Tensor) else self.ctf.subset(idx)
+        return PolarImages(self.data[index], self.grid, ctf, self.norms[index], tab)
 
     def save(self, path: str | Path) -> None:
         d = {
@@ -136,8 +137,11 @@ class PolarImages:
             "data": self.data.cpu(),
             "grid": json.dumps(self.grid.to_dict()),
             "norms": self.norms.cpu(),
-            "ctf": {k: torch.from_numpy(v) for k, v in self.ctf.to_dict().items()},
         }
+        if isinstance(self.ctf, torch.Tensor):
+            d["ctf_tensor"] = self.ctf.cpu()
+        else:
+            d["ctf"] = {k: torch.from_numpy(v) for k, v in self.ctf.to_dict().items()}
         if self.table is not None:
             d["table"] = self.table.to_json(orient="split")
         atomic_save(d, path)
@@ -153,7 +157,9 @@ class PolarImages:
         return cls(
             data=d["data"],
             grid=PolarGrid.from_dict(json.loads(d["grid"])),
-            ctf=CtfParams(**{k: v.numpy() for k, v in d["ctf"].items()}),
+            ctf=d["ctf_tensor"]
+            if "ctf_tensor" in d
+            else CtfParams(**{k: v.numpy() for k, v in d["ctf"].items()}),
             norms=d["norms"],
             table=table,
         )
@@ -167,7 +173,9 @@ class PolarImages:
         return cls(
             torch.cat([it.data for it in items]),
             items[0].grid,
-            CtfParams.concat([it.ctf for it in items]),
+            torch.cat([it.ctf for it in items])
+            if isinstance(items[0].ctf, torch.Tensor)
+            else CtfParams.concat([it.ctf for it in items]),
             torch.cat([it.norms for it in items]),
             table,
         )

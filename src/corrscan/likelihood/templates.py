@@ -80,7 +80,9 @@ def map_to_polar_templates(
     cdt = torch.complex128 if precision == "double" else torch.complex64
     raw = volume_to_polar_templates(vol.to(dev), grid, viewing.euler, dtype=torch.complex128)
     data = finish_templates(raw, grid, float(vol.sum())).to(cdt)
-    return PolarTemplates(data.cpu(), grid, np.asarray(viewing.euler), np.asarray(viewing.weights), name)
+    return PolarTemplates(
+        data.cpu(), grid, np.asarray(viewing.euler), np.asarray(viewing.weights), name
+    )
 
 
 def atoms_to_polar_templates(
@@ -106,7 +108,7 @@ def atoms_to_polar_templates(
     batch_size
         Templates per batch (default: about 64 MB of phase table per batch).
     """
-    a = torch.as_tensor(np.asarray(coordinates, dtype=np.float64))
+    a = torch.as_tensor(np.array(coordinates, dtype=np.float64))
     if a.ndim != 2 or a.shape[1] != 3 or a.shape[0] == 0:
         raise InputError(f"atom coordinates must be (n_atoms, 3) Å, got {tuple(a.shape)}")
     if center:
@@ -133,7 +135,9 @@ def atoms_to_polar_templates(
     groups = [torch.as_tensor(np.nonzero(inv == u)[0], device=dev) for u in range(len(uniq))]
     envs = [torch.exp(-2.0 * np.pi**2 * sg**2 * k2).to(real) for sg in uniq]
     kxy_r = (2.0 * np.pi * kxy).to(real)
-    out = torch.empty((s_tot, grid.n_shells, grid.n_inplanes // 2), dtype=torch.complex128, device=dev)
+    out = torch.empty(
+        (s_tot, grid.n_shells, grid.n_inplanes // 2), dtype=torch.complex128, device=dev
+    )
     for s0 in range(0, s_tot, batch_size):
         r = rot[s0 : s0 + batch_size]
         # (R k)·a = k · (R^T a) for k in the xy plane: need (R^T a)_xy = (a @ R)_xy
@@ -150,7 +154,9 @@ def atoms_to_polar_templates(
     raw = fill_hermitian(out)
     # Real-space sum of the discrete image of unit-mass atoms: T(0) = 1 in these units.
     data = finish_templates(raw, grid, 1.0).to(cdt)
-    return PolarTemplates(data.cpu(), grid, np.asarray(viewing.euler), np.asarray(viewing.weights), name)
+    return PolarTemplates(
+        data.cpu(), grid, np.asarray(viewing.euler), np.asarray(viewing.weights), name
+    )
 
 
 # ----------------------------------------------------------------------------- atom files

@@ -15,12 +15,18 @@ from collections.abc import Sequence
 
 import torch
 
-from corrscan.core.fourier import bandpass_filter, radial_profile_to_grid, whitening_filter
+from corrscan.core.fourier import (
+    bandpass_filter,
+    radial_power_spectrum,
+    radial_profile_to_grid,
+    whitening_filter,
+)
 from corrscan.errors import ConfigError
 from corrscan.match2d.config import PreprocessingFilters
 
 __all__ = [
     "combined_filter",
+    "noise_power_grid",
     "leopard_num_bins",
     "rfft_weights",
     "whiten_micrograph",
@@ -148,3 +154,32 @@ def whiten_micrograph(
         raise ConfigError("the filtered micrograph has no power: check the filter settings")
     x = x * float(math.sqrt(d / power))
     return x, filt
+
+
+def noise_power_grid(spectrum: torch.Tensor, *, n_bins: int | None = None) -> torch.Tensor:
+    """Radially averaged ``|X(k)|²`` of a filtered micrograph spectrum on its own rfft grid.
+
+    This is the noise model used to normalise correlations exactly: the variance of
+    ``sum_r x(r + s) t(r)`` for Gaussian noise with this (radially symmetric) power spectrum
+    is ``sum_k S(k) |T_k|² / N²``. For a perfectly whitened micrograph ``S = 1`` (Leopard-EM's
+    assumption); the radial estimate corrects imperfect whitening (e.g. the filter held at 1
+    beyond ``max_freq``, which gives Leopard-EM its 0.977 noise standard deviation).
+
+    Parameters
+    ----------
+    spectrum
+        `(H, W // 2 + 1)` complex rfft of the filtered micrograph.
+    n_bins
+        Radial bins (default Leopard-EM's count for the image size).
+
+    Returns
+    -------
+    `(H, W // 2 + 1)` float32 ``S(k)`` (same normalisation as ``|X|²``).
+    """
+    h = spectrum.shape[-2]
+    w = 2 * (spectrum.shape[-1] - 1)
+    img = torch.fft.irfft2(spectrum, s=(h, w))
+    nb = n_bins or leopard_num_bins((h, w))
+    freq, power = radial_power_spectrum(img.to(torch.float64), n_bins=nb)
+    grid = radial_profile_to_grid(freq, power * (h * w), (h, w))
+    return grid.to(torch.float32)

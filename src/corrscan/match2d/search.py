@@ -67,7 +67,12 @@ from corrscan.match2d.config import (
     OrientationSearchConfig,
     PreprocessingFilters,
 )
-from corrscan.match2d.preprocess import combined_filter, rfft_weights, whiten_micrograph
+from corrscan.match2d.preprocess import (
+    combined_filter,
+    noise_power_grid,
+    rfft_weights,
+    whiten_micrograph,
+)
 from corrscan.match2d.result import MatchTemplateResult
 
 __all__ = ["SearchPlan", "match_template", "template_filters"]
@@ -131,49 +136,82 @@ def template_filters(
 class _FusedState:
     """Per-pixel search state of one worker: MIP + winning index, batch sums, exact moments.
 
-    ``update`` takes a chunk of score maps, reduces it over the chunk (max, sum, sum of
-    squares), then folds it into the MIP (ties keep the earlier item) and the batch sums;
-    ``flush`` moves the batch sums into the exact :class:`MomentAccumulator`.
+    :meth:`update` takes a chunk of full correlation maps `(n, H, W)` (contiguous), scales
+    them, reduces the chunk over its items (max; sum and sum of squares as matrix-vector
+    products, which read each map once), and only then folds the chunk maxima into the
+    valid-region MIP (ties keep the earlier item) and the batch sums; :meth:`flush` moves the
+    batch sums of the valid region into the exact :class:`MomentAccumulator`.
     """
 
-    def __init__(self, shape: tuple[int, int], device: torch.device) -> None:
-        self.shape = shape
+    def __init__(
+        self, image_shape: tuple[int, int], valid_shape: tuple[int, int], device: torch.device
+    ) -> None:
+        self.image_shape = image_shape
+        self.shape = valid_shape
         self.device = device
-        self.mip = torch.full(shape, -math.inf, device=device)
-        self.index = torch.full(shape, -1, dtype=torch.int64, device=device)
-        self.s1 = torch.zeros(shape, device=device)
-        self.s2 = torch.zeros(shape, device=device)
+        n_pix = image_shape[0] * image_shape[1]
+        self.mip = torch.full(valid_shape, -math.inf, device=device)
+        self.index = torch.full(valid_shape, -1, dtype=torch.int64, device=device)
+        self.s1 = torch.zeros(1, n_pix, device=device)
+        self.s2 = torch.zeros(1, n_pix, device=device)
+        self._ones = torch.ones(1, 1, device=device)
         self.pending = 0
-        self.moments = MomentAccumulator(shape, device=device)
+        self.moments = MomentAccumulator(valid_shape, device=device)
         self._sync_free = device.type == "cuda"
 
-    def update(self, scores: torch.Tensor, item_index: torch.Tensor) -> None:
-        """``scores`` `(n, *shape)` (may be a strided view), ``item_index`` `(n,)` int64."""
-        m = scores.amax(0)
+    def update(
+        self, maps: torch.Tensor, item_index: torch.Tensor, scale: torch.Tensor | None = None
+    ) -> None:
+        """Fold a chunk into the state (``maps`` is modified in place).
+
+        Parameters
+        ----------
+        maps
+            `(n, H, W)` contiguous correlation maps.
+        item_index
+            `(n,)` int64 global search index of each map.
+        scale
+            Optional `(n,)` factors applied to the maps first (noise normalisation).
+        """
+        n = maps.shape[0]
+        h, w = self.image_shape
+        hv, wv = self.shape
+        flat = maps.view(n, h * w)
+        if scale is not None:
+            flat.mul_(scale[:, None])
+        if self._ones.shape[1] != n:
+            self._ones = torch.ones(1, n, device=self.device)
+        m = flat.amax(0).view(h, w)[:hv, :wv]
         better = m > self.mip
         if self._sync_free:
-            arg = scores.argmax(0)
+            arg = flat.argmax(0).view(h, w)[:hv, :wv]
             self.index = torch.where(better, item_index[arg], self.index)
             torch.maximum(self.mip, m, out=self.mip)
         else:
-            nb = int(better.sum())
-            if nb > 0:
-                if nb * 4 > better.numel():
-                    arg = scores.argmax(0)
-                    self.index = torch.where(better, item_index[arg], self.index)
-                    torch.maximum(self.mip, m, out=self.mip)
-                else:
-                    iy, ix = better.nonzero(as_tuple=True)
-                    arg = scores[:, iy, ix].argmax(0)
+            sel = better.view(-1).nonzero().squeeze(1) if (hv, wv) == (h, w) else None
+            if sel is None:
+                iy, ix = better.nonzero(as_tuple=True)
+                if iy.numel():
+                    arg = flat[:, iy * w + ix].argmax(0)
                     self.index[iy, ix] = item_index[arg]
                     self.mip[iy, ix] = m[iy, ix]
-        self.s1 += scores.sum(0)
-        self.s2 += (scores * scores).sum(0)
-        self.pending += int(scores.shape[0])
+            elif sel.numel():
+                arg = flat[:, sel].argmax(0)
+                self.index.view(-1)[sel] = item_index[arg]
+                self.mip.view(-1)[sel] = m.reshape(-1)[sel]
+        self.s1.addmm_(self._ones, flat)
+        flat.square_()
+        self.s2.addmm_(self._ones, flat)
+        self.pending += int(n)
 
     def flush(self) -> None:
+        """Move the batch sums (valid region) into the exact moment accumulator."""
         if self.pending:
-            self.moments.update_from_sums(self.s1, self.s2, self.pending)
+            h, w = self.image_shape
+            hv, wv = self.shape
+            s1 = self.s1.view(h, w)[:hv, :wv]
+            s2 = self.s2.view(h, w)[:hv, :wv]
+            self.moments.update_from_sums(s1, s2, self.pending)
             self.s1.zero_()
             self.s2.zero_()
             self.pending = 0
@@ -263,7 +301,6 @@ class SearchPlan:
 def _correlate_batch(plan: SearchPlan, state: _FusedState, start: int, stop: int) -> None:
     """Correlate orientations ``[start, stop)`` with every defocus plane into ``state``."""
     h_img, w_img = plan.image_shape
-    hv, wv = plan.valid_shape
     n_def = plan.n_defocus
     dev = plan.device
     n_pix = h_img * w_img
@@ -280,11 +317,9 @@ def _correlate_batch(plan: SearchPlan, state: _FusedState, start: int, stop: int
             inv = torch.rsqrt(var.clamp_min(1e-30) / (n_pix * n_pix))
             spec = plan.filters[:, None] * pft.conj()[None]  # (n_def, c, H, Wr)
             cc = torch.fft.irfft2(spec, s=(h_img, w_img))
-            v = cc[..., :hv, :wv]
-            v *= inv[..., None, None]
             o_idx = torch.arange(start + c0, start + c1, device=dev, dtype=torch.int64)
             item = (o_idx[None, :] * n_def + d_idx[:, None]).reshape(-1)
-            state.update(v.reshape(-1, hv, wv), item)
+            state.update(cc.view(-1, h_img, w_img), item, inv.reshape(-1))
     else:
         for c0 in range(0, stop - start, plan.chunk):
             c1 = min(c0 + plan.chunk, stop - start)
@@ -297,10 +332,9 @@ def _correlate_batch(plan: SearchPlan, state: _FusedState, start: int, stop: int
             tft = torch.fft.rfft2(img, s=(h_img, w_img))
             spec = plan.spectrum * tft.conj()
             cc = torch.fft.irfft2(spec, s=(h_img, w_img))
-            v = cc[..., :hv, :wv]
             o_idx = torch.arange(start + c0, start + c1, device=dev, dtype=torch.int64)
             item = (o_idx[None, :] * n_def + d_idx[:, None]).reshape(-1)
-            state.update(v.reshape(-1, hv, wv), item)
+            state.update(cc.view(-1, h_img, w_img), item)
 
 
 def _bytes_per_orientation(plan_shape: tuple[int, int], box: int, n_def: int, chunk: int) -> int:
@@ -463,6 +497,7 @@ def match_template(
         filters = spectrum[None] * g
         wts = rfft_weights((h_img, w_img), device=dev0).clone()
         wts[0, 0] = 0
+        wts = wts * noise_power_grid(spectrum)
         noise_weights = (wts[None] * g.square()).reshape(n_def, -1).contiguous()
         del g
     else:
@@ -573,7 +608,7 @@ def _run_workers(
     """Run the batches on the workers (threads; dynamic queue) and return their states."""
     n_items = sum(b - a for a, b in bounds) * n_def
     if len(workers) == 1:
-        state = _FusedState(plan.valid_shape, plan.device)
+        state = _FusedState(plan.image_shape, plan.valid_shape, plan.device)
         per_batch = (bounds[0][1] - bounds[0][0]) * n_def
         for a, b in track(
             bounds,
@@ -594,7 +629,7 @@ def _run_workers(
         work.put(None)
     done: queue.Queue[tuple[int, BaseException | None]] = queue.Queue()
     plans = {d: plan.to(d) for d in set(workers)}
-    states = [_FusedState(plan.valid_shape, d) for d in workers]
+    states = [_FusedState(plan.image_shape, plan.valid_shape, d) for d in workers]
     cpu_workers = sum(1 for d in workers if d.type == "cpu")
     old_threads = torch.get_num_threads()
     if cpu_workers > 1:

@@ -339,7 +339,8 @@ class MaxScoreOverRotations:
         output_shape
             Shape of the merged map; default ``max(offset + shape)`` over the inputs.
         score_threshold
-            Initial value of the merged map (default: the inputs' lowest threshold, or 0).
+            Initial value of the merged map (default: the analyzers' lowest threshold; -inf
+            when only tuples are given).
 
         Returns
         -------
@@ -369,7 +370,7 @@ class MaxScoreOverRotations:
             output_shape = np.max([o + np.array(s.shape) for s, o, *_ in items], axis=0)
         output_shape = tuple(int(v) for v in output_shape)
         if score_threshold is None:
-            score_threshold = min(thresholds) if thresholds else 0.0
+            score_threshold = min(thresholds) if thresholds else -math.inf
         out = cls(output_shape, offset=np.zeros(ndim, dtype=np.int64),
                   score_threshold=score_threshold, use_memmap=use_memmap, thread_safe=False,
                   only_unique_rotations=only_unique_rotations)

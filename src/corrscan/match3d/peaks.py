@@ -1,14 +1,18 @@
 """Peak callers for 3D score maps, sub-voxel refinement and the false-positive cut-off.
 
 Every caller returns peaks sorted by score (descending) after the same filters:
-``min_boundary_distance`` (voxels from every face), NaN removal, ``min_score <= s <= max_score``,
+NaN removal, ``s >= min_score``,
 greedy distance suppression (a peak is kept only if it is at least ``min_distance`` voxels,
-Euclidean, from every higher kept peak) and at most ``num_peaks`` peaks.
+Euclidean, from every higher kept peak), then peaks above ``max_score`` or within
+``min_boundary_distance`` of a face are dropped (they still suppress their neighbourhood, so
+their shoulders do not come back as peaks) and at most
+``num_peaks`` peaks are returned.
 
 =====================  ===================================================================
 method                 candidate rule
 =====================  ===================================================================
-``"sort"``             the ``2 num_peaks`` highest voxels (no local-maximum test)
+``"sort"``             the ``num_peaks (2 min_distance + 1)^3`` highest voxels (no
+                       local-maximum test; distance suppression separates the peaks)
 ``"maximum_filter"``   voxels equal to the maximum of their ``min_distance``-wide cube
 ``"fast"``             the maximum of each ``min_distance`` grid cell, kept if it is also the
                        maximum within +-``min_distance``
@@ -127,7 +131,8 @@ def _candidates(
     """Flat indices of candidate voxels."""
     finite = np.where(np.isfinite(m), m, -np.inf)
     if method == "sort":
-        k = min(2 * num_peaks, finite.size)
+        # enough top voxels to hold num_peaks separated maxima (a peak spans ~md^ndim voxels)
+        k = min(num_peaks * max(2, (2 * int(min_distance) + 1) ** finite.ndim), finite.size)
         flat = torch.topk(torch.from_numpy(finite.ravel()), k).indices.numpy()
         return flat
     if method == "maximum_filter":
@@ -199,14 +204,8 @@ def _recursive(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Recursive masking; ``masks(coord) -> (offset_start (3,), bool cube)`` optional."""
     work = np.where(np.isfinite(m), m, -np.inf).astype(np.float64)
-    if max_score is not None:
-        work[work > max_score] = -np.inf
-    if min_boundary_distance > 0:
-        b = int(min_boundary_distance)
-        inner = np.full(work.shape, -np.inf)
-        sl = tuple(slice(b, s - b) for s in work.shape)
-        inner[sl] = work[sl]
-        work = inner
+    b = int(min_boundary_distance)
+    upper = np.asarray(work.shape) - b
     coords, vals = [], []
     r = max(int(min_distance), 1)
     flat_work = work.ravel()
@@ -217,8 +216,10 @@ def _recursive(
         if not np.isfinite(v) or (min_score is not None and v < min_score):
             break
         c = np.array(np.unravel_index(i, work.shape))
-        coords.append(c)
-        vals.append(v)
+        inside = b <= 0 or (np.all(c >= b) and np.all(c < upper))
+        if inside and (max_score is None or v <= max_score):  # else suppress, do not report
+            coords.append(c)
+            vals.append(v)
         if masks is not None:
             start, cube = masks(c)
             sl = tuple(slice(max(s, 0), min(s + n, N)) for s, n, N in zip(start, cube.shape,
@@ -280,10 +281,20 @@ def call_peaks(
                        min_score=min_score)
     coords = _coords_of(flat, m.shape)
     vals = m.ravel()[flat]
-    coords, vals = _filter(coords, vals, m.shape, min_boundary_distance=min_boundary_distance,
-                           min_score=min_score, max_score=max_score)
-    keep = _suppress(coords.astype(np.float64), vals, float(min_distance), num_peaks)
-    return coords[keep], vals[keep]
+    coords, vals = _filter(coords, vals, m.shape, min_boundary_distance=0,
+                           min_score=min_score, max_score=None)
+    # peaks above max_score or near the border are dropped after suppression, so they still
+    # suppress their neighbourhood (their shoulders do not come back as peaks)
+    bad = np.zeros(len(vals), dtype=bool)
+    if max_score is not None:
+        bad |= vals > max_score
+    if min_boundary_distance > 0:
+        b = int(min_boundary_distance)
+        bad |= ~(np.all(coords >= b, axis=1) & np.all(coords < np.asarray(m.shape) - b, axis=1))
+    keep = _suppress(coords.astype(np.float64), vals, float(min_distance),
+                     num_peaks + int(bad.sum()))
+    keep = keep[~bad[keep]]
+    return coords[keep][:num_peaks], vals[keep][:num_peaks]
 
 
 def subvoxel_refine(score_map: Any, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -124,7 +124,9 @@ def simulate_beads(
     if xyz.ndim == 1 and xyz.shape[0] == 3:
         xyz = xyz[None]
     if xyz.ndim != 2 or xyz.shape[1] != 3:
-        raise InputError(f"xyz_nm must have shape (n, 3) = (dx, dy, z) in nm, got {tuple(xyz.shape)}")
+        raise InputError(
+            f"xyz_nm must have shape (n, 3) = (dx, dy, z) in nm, got {tuple(xyz.shape)}"
+        )
     if not bool(torch.isfinite(xyz).all()):
         raise InputError("xyz_nm contains NaN or Inf: give finite planted positions")
     if size_px < 4 or nm_per_px <= 0 or radius_nm <= 0 or wavelength_nm <= 0:
@@ -135,7 +137,7 @@ def simulate_beads(
     xyz_cpu = xyz.detach().cpu()
     n = xyz_cpu.shape[0]
 
-    n_pad = int(math.ceil(pad_factor * size_px))
+    n_pad = math.ceil(pad_factor * size_px)
     n_pad += n_pad % 2
     n_pad = max(n_pad, size_px)
     off = (n_pad - size_px) // 2
@@ -171,7 +173,9 @@ def simulate_beads(
         gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
         counts = torch.poisson(out.clamp(min=0.0) * photons, generator=gen)
         if read_noise:
-            counts = counts + read_noise * torch.randn(counts.shape, generator=gen, dtype=torch.float64)
+            counts = counts + read_noise * torch.randn(
+                counts.shape, generator=gen, dtype=torch.float64
+            )
         if as_counts:
             out = counts.round().clamp(0, 65535).to(torch.int32)
         else:
@@ -242,7 +246,9 @@ def simulate_focus_sweep(
     nm_per_px = float(simulate_kwargs.get("nm_per_px", 100.0))
     zz = z.repeat_interleave(int(frames_per_plane))
     gen = torch.Generator().manual_seed(0 if seed is None else int(seed) + 1)
-    xy = xy_jitter_px * nm_per_px * torch.randn((zz.shape[0], 2), generator=gen, dtype=torch.float64)
+    xy = (
+        xy_jitter_px * nm_per_px * torch.randn((zz.shape[0], 2), generator=gen, dtype=torch.float64)
+    )
     xyz = torch.cat([xy, zz[:, None]], dim=1)
     if isinstance(z_nm, (np.ndarray, list, tuple)):
         xyz_in: Any = xyz.numpy()

@@ -73,7 +73,7 @@ def project_atoms(
     `(M, N, N//2+1)` multiplies the rfft (optional). The image's sum equals 1 (unit total mass)
     before the CTF.
     """
-    a = torch.as_tensor(np.asarray(coordinates, dtype=np.float64))
+    a = torch.as_tensor(np.array(coordinates, dtype=np.float64))
     e = np.asarray(euler, dtype=np.float64).reshape(-1, 3)
     m, n = e.shape[0], int(n_pixels)
     rot = euler_to_matrix(torch.from_numpy(e))  # (M, 3, 3)
@@ -86,12 +86,21 @@ def project_atoms(
     env = torch.exp(-2.0 * np.pi**2 * sigma**2 * (kxx**2 + kyy**2) / pixel_size**2)
     for i0 in range(0, m, 16):  # batches bound memory: (16, N, N/2+1, A)
         bb = b[i0 : i0 + 16] / pixel_size  # pixels
-        ph = kxx[None, ..., None] * bb[:, None, None, :, 0] + kyy[None, ..., None] * bb[:, None, None, :, 1]
+        ph = (
+            kxx[None, ..., None] * bb[:, None, None, :, 0]
+            + kyy[None, ..., None] * bb[:, None, None, :, 1]
+        )
         f = torch.exp(-2j * np.pi * ph).mean(dim=-1) * env  # (b, N, N/2+1)
-        sh = np.zeros((bb.shape[0], 2)) if shifts is None else np.asarray(shifts, np.float64)[i0 : i0 + 16]
+        sh = (
+            np.zeros((bb.shape[0], 2))
+            if shifts is None
+            else np.asarray(shifts, np.float64)[i0 : i0 + 16]
+        )
         sh = torch.from_numpy(sh)
         tot = sh + c  # place the origin at the centre pixel, then shift
-        f = f * torch.exp(-2j * np.pi * (kxx[None] * tot[:, 0, None, None] + kyy[None] * tot[:, 1, None, None]))
+        f = f * torch.exp(
+            -2j * np.pi * (kxx[None] * tot[:, 0, None, None] + kyy[None] * tot[:, 1, None, None])
+        )
         if ctf is not None:
             f = f * torch.as_tensor(ctf[i0 : i0 + 16], dtype=torch.float64)
         out[i0 : i0 + bb.shape[0]] = torch.fft.irfft2(f, s=(n, n)).numpy()
@@ -160,8 +169,16 @@ def simulate_particles(
     if m < 1:
         raise InputError(f"n_images must be >= 1, got {n_images}")
     rng = np.random.default_rng(seed)
-    e = random_euler(m, seed=seed + 1) if euler is None else np.asarray(euler, np.float64).reshape(m, 3)
-    sh = rng.uniform(-max_shift, max_shift, (m, 2)) if shifts is None else np.asarray(shifts, np.float64).reshape(m, 2)
+    e = (
+        random_euler(m, seed=seed + 1)
+        if euler is None
+        else np.asarray(euler, np.float64).reshape(m, 3)
+    )
+    sh = (
+        rng.uniform(-max_shift, max_shift, (m, 2))
+        if shifts is None
+        else np.asarray(shifts, np.float64).reshape(m, 2)
+    )
     if apply_ctf:
         du = rng.uniform(*defocus_range, m)
         dv = du - rng.uniform(0, max_astigmatism, m)

@@ -195,6 +195,7 @@ def track_kernel(
             counts.reshape(-1, n_tab, n_bins),
             zf,
             lf,
+            upsample=cfg.lut_upsample,
             min_correlation=cfg.min_correlation,
         )
         z = z.reshape(n).to(x.dtype)
@@ -250,13 +251,16 @@ def track_stack(
     cfg = _resolve_config(config, overrides)
     t, restore = unwrap(stack, name="stack")
     if t.ndim < 2 or t.shape[-1] < 8 or t.shape[-2] < 8:
-        raise InputError(f"stack must be ROI images (..., H, W) with H, W >= 8, got {tuple(t.shape)}")
+        raise InputError(
+            f"stack must be ROI images (..., H, W) with H, W >= 8, got {tuple(t.shape)}"
+        )
     h, w = t.shape[-2:]
     lead = tuple(t.shape[:-2])
     n_tab = zlut.n_tables if zlut is not None else 1
     if n_tab > 1 and (len(lead) == 0 or lead[-1] != n_tab):
         raise InputError(
-            f"per-bead Z-LUT has {n_tab} tables: stack must be (..., {n_tab}, H, W), got {tuple(t.shape)}"
+            f"per-bead Z-LUT has {n_tab} tables: stack must be (..., {n_tab}, H, W), "
+            f"got {tuple(t.shape)}"
         )
     img_all = t.reshape(-1, h, w)
     n = img_all.shape[0]
@@ -297,7 +301,10 @@ def crop_rois(frames: Any, rois: Any, size: int | None = None) -> Any:
     f, restore = unwrap(frames, name="frames")
     r = torch.as_tensor(as_numpy(rois)).to(torch.int64)
     if r.ndim != 2 or r.shape[1] not in (2, 4):
-        raise InputError(f"rois must be (n, 4) [top, bottom, left, right] or (n, 2) corners, got {tuple(r.shape)}")
+        raise InputError(
+            "rois must be (n, 4) [top, bottom, left, right] or (n, 2) corners, "
+            f"got {tuple(r.shape)}"
+        )
     if r.shape[1] == 4:
         hs = r[:, 1] - r[:, 0]
         ws = r[:, 3] - r[:, 2]
@@ -311,8 +318,12 @@ def crop_rois(frames: Any, rois: Any, size: int | None = None) -> Any:
         wdt = int(size)
         tops, lefts = r[:, 0], r[:, 1]
     h, w = f.shape[-2:]
-    if bool((tops < 0).any() | (lefts < 0).any() | (tops + wdt > h).any() | (lefts + wdt > w).any()):
-        raise InputError(f"an ROI of size {wdt} extends outside the {h}x{w} frame: move or shrink it")
+    if bool(
+        (tops < 0).any() | (lefts < 0).any() | (tops + wdt > h).any() | (lefts + wdt > w).any()
+    ):
+        raise InputError(
+            f"an ROI of size {wdt} extends outside the {h}x{w} frame: move or shrink it"
+        )
     ar = torch.arange(wdt)
     rows = (tops[:, None] + ar).to(f.device)  # (n_rois, w)
     cols = (lefts[:, None] + ar).to(f.device)
@@ -362,7 +373,9 @@ def build_zlut(
     t, _ = unwrap(stack, name="stack")
     zt = unwrap(z, name="z")[0].to(torch.float64).reshape(-1).cpu()
     if t.ndim not in (3, 4):
-        raise InputError(f"stack must be (n_frames, H, W) or (n_frames, n_beads, H, W), got {tuple(t.shape)}")
+        raise InputError(
+            f"stack must be (n_frames, H, W) or (n_frames, n_beads, H, W), got {tuple(t.shape)}"
+        )
     if zt.shape[0] != t.shape[0]:
         raise InputError(f"z has {zt.shape[0]} values for {t.shape[0]} frames: give one per frame")
     if not bool(torch.isfinite(zt).all()):
@@ -402,7 +415,9 @@ def build_zlut(
     num = torch.zeros((n_planes, n_beads, n_bins), dtype=torch.float64).index_add_(
         0, inverse, prof * counts
     )
-    den = torch.zeros((n_planes, n_beads, n_bins), dtype=torch.float64).index_add_(0, inverse, counts)
+    den = torch.zeros((n_planes, n_beads, n_bins), dtype=torch.float64).index_add_(
+        0, inverse, counts
+    )
     zsum = torch.zeros(n_planes, dtype=torch.float64).index_add_(0, inverse, zt)
     zcnt = torch.zeros(n_planes, dtype=torch.float64).index_add_(0, inverse, torch.ones_like(zt))
     z_planes = zsum / zcnt if planes is None else planes

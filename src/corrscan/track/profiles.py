@@ -79,34 +79,35 @@ def radial_kernel(
     """Radial profiles (torch only): ``img`` `(n, H, W)`, ``x``, ``y`` `(n,)` finite.
 
     Returns ``profile`` and ``counts``, both `(n, n_bins)`; empty bins are NaN with count 0.
-    With ``return_score`` also the radial-symmetry score `(n,)`: ``1 - (within-ring sum of
-    squares) / (total sum of squares)`` of the samples, 1 for a perfectly radially symmetric
-    image about ``(x, y)``, near 0 for a wrong centre or no bead.
+    ``counts`` is the in-image weight of each circle's samples (a sample's bilinear corners
+    inside the image; 1 per sample away from the border). With ``return_score`` also the
+    radial-symmetry score `(n,)`: ``1 - (within-ring sum of squares) / (total sum of
+    squares)`` of the samples, 1 for a perfectly radially symmetric image about ``(x, y)``,
+    near 0 for a wrong centre or no bead.
     """
     n, h, w = img.shape
     dx, dy, member = polar_plan(
         n_bins, oversample, samples_per_px, device=img.device, dtype=img.dtype
     )
-    px = x[:, None] + dx  # (n, S)
-    py = y[:, None] + dy
-    valid = ((px >= 0) & (px <= w - 1) & (py >= 0) & (py <= h - 1)).to(img.dtype)
-    gx = px * (2.0 / max(w - 1, 1)) - 1.0
-    gy = py * (2.0 / max(h - 1, 1)) - 1.0
-    grid = torch.stack([gx, gy], dim=-1)[:, None]  # (n, 1, S, 2)
-    samples = F.grid_sample(
-        img[:, None], grid, mode="bilinear", padding_mode="border", align_corners=True
-    )[:, 0, 0]  # (n, S)
-    sv = samples * valid
-    num = sv @ member
-    counts = valid @ member
+    # normalised grid_sample coordinates (align_corners=True): -1 at pixel 0, +1 at pixel W-1
+    sx, sy = 2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)
+    base = torch.stack([dx * sx, dy * sy], dim=-1)  # (S, 2)
+    centre = torch.stack([x * sx - 1.0, y * sy - 1.0], dim=-1)  # (n, 2)
+    grid = (centre[:, None, :] + base)[:, None]  # (n, 1, S, 2)
+    # channel 1 = ones: with zero padding it returns each sample's in-image weight
+    both = torch.stack([img, torch.ones_like(img)], dim=1)  # (n, 2, H, W)
+    out = F.grid_sample(both, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    out = out.reshape(n, 2, -1)  # (n, 2, S): weighted values, weights
+    sums = out @ member  # (n, 2, B)
+    num, counts = sums[:, 0], sums[:, 1]
     profile = num / counts  # 0/0 -> NaN for empty bins
     if not return_score:
         return profile, counts
-    # radial-symmetry score: share of the sample variance explained by the ring means
-    ss_rings = (sv * samples) @ member  # (n, B) sum of squares per ring
+    sv = out[:, 0]
+    ss_rings = (sv * sv) @ member  # (n, B); sv^2 ~ weight * value^2 (weights are ~0/1)
     within = (ss_rings - torch.nan_to_num(num * profile)).sum(-1)
     n_s = counts.sum(-1)
-    total = (sv * samples).sum(-1) - sv.sum(-1) ** 2 / n_s
+    total = ss_rings.sum(-1) - num.sum(-1) ** 2 / n_s
     score = 1.0 - within / total
     return profile, counts, score
 

@@ -65,7 +65,9 @@ def com_kernel(img: torch.Tensor, background: str = "mean") -> tuple[torch.Tenso
     if background == "mean":
         mass = (img - img.mean(dim=(-2, -1), keepdim=True)).abs()
     elif background == "median":
-        med = img.reshape(n, -1).median(dim=-1).values
+        srt = img.reshape(n, -1).sort(dim=-1).values
+        k = srt.shape[-1]
+        med = 0.5 * (srt[:, (k - 1) // 2] + srt[:, k // 2])  # NumPy's median (mean of middles)
         mass = (img - med[:, None, None]).abs()
     elif background == "none":
         mass = img
@@ -109,6 +111,7 @@ def _line_centre(
     sigma: torch.Tensor,
     n_newton: int = 3,
     min_overlap: int | None = None,
+    start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Symmetry centre of windowed 1-D lines (torch only).
 
@@ -124,56 +127,65 @@ def _line_centre(
         ``None``: integer peak = argmax of the autoconvolution. Else argmax of the
         autoconvolution divided by the energy of the samples that overlap their mirror image,
         among centres where at least ``min_overlap`` samples overlap (capture pass).
+    start
+        `(n,)` starting centres for Newton (skips the integer search; use when the centre is
+        already known to a small fraction of a sample).
 
     Returns
     -------
     centre
         `(n,)` in samples (origin at sample 0).
     ok
-        `(n,)` bool: a proper maximum was found within one sample of the integer argmax.
+        `(n,)` bool: a proper maximum was found within one sample of the starting peak.
     symmetry
         `(n,)` ``C(2 centre) / sum L^2`` of the windowed line: 1 for a perfectly mirror-symmetric
         line, near 0 (or negative) when there is no symmetry centre.
     """
-    n, length = lines.shape
+    length = lines.shape[-1]
     m = torch.arange(length, dtype=lines.dtype, device=lines.device)
     line = lines - lines.mean(dim=-1, keepdim=True)
     line = line * torch.exp(-0.5 * ((m - c0[:, None]) / sigma[:, None]) ** 2)
     size = _fast_len(2 * length)
     spec = torch.fft.rfft(line, n=size)
     g = spec * spec  # autoconvolution spectrum
-    conv = torch.fft.irfft(g, n=size)[:, : 2 * length - 1]
-    if min_overlap is None:
-        k = conv.argmax(dim=-1).to(lines.dtype)
-    else:  # normalise by the energy of the mirrored overlap: fair to centres near the ends
-        csum = torch.cumsum(line * line, dim=-1)
-        nn = torch.arange(2 * length - 1, device=lines.device)
-        lo = (nn - (length - 1)).clamp(min=0)
-        hi = nn.clamp(max=length - 1)
-        e_hi = csum[:, hi]
-        e_lo = torch.where(lo > 0, csum[:, (lo - 1).clamp(min=0)], torch.zeros_like(e_hi))
-        overlap = hi - lo + 1
-        score = conv / (e_hi - e_lo).clamp(min=torch.finfo(line.dtype).tiny)
-        score = torch.where(overlap >= min_overlap, score, torch.full_like(score, -torch.inf))
-        k = score.argmax(dim=-1).to(lines.dtype)
+    if start is not None:
+        k = 2.0 * start
+    else:
+        conv = torch.fft.irfft(g, n=size)[:, : 2 * length - 1]
+        if min_overlap is None:
+            k = conv.argmax(dim=-1).to(lines.dtype)
+        else:  # normalise by the energy of the mirrored overlap: fair to centres near the ends
+            csum = torch.cumsum(line * line, dim=-1)
+            nn = torch.arange(2 * length - 1, device=lines.device)
+            lo = (nn - (length - 1)).clamp(min=0)
+            hi = nn.clamp(max=length - 1)
+            e_hi = csum[:, hi]
+            e_lo = torch.where(lo > 0, csum[:, (lo - 1).clamp(min=0)], torch.zeros_like(e_hi))
+            overlap = hi - lo + 1
+            score = conv / (e_hi - e_lo).clamp(min=torch.finfo(line.dtype).tiny)
+            score = torch.where(overlap >= min_overlap, score, torch.full_like(score, -torch.inf))
+            k = score.argmax(dim=-1).to(lines.dtype)
     q = torch.arange(g.shape[-1], dtype=lines.dtype, device=lines.device)
     weight = torch.full_like(q, 2.0)
     weight[0] = 1.0
     if size % 2 == 0:
         weight[-1] = 1.0
-    omega = 2.0 * math.pi / size
-    wq = omega * q
-    gw = g * weight
+    wq = (2.0 * math.pi / size) * q
+    ga = g.real * weight  # C(t) = (1/size) sum_q ga cos(wq t) - gb sin(wq t)
+    gb = g.imag * weight
+    ga1, gb1 = ga * wq, gb * wq
+    ga2, gb2 = ga1 * wq, gb1 * wq
     t = k.clone()
     d2 = torch.zeros_like(t)
     for _ in range(n_newton):  # Newton on the Fourier series of C (fixed, tiny count)
-        z = gw * torch.polar(torch.ones_like(t)[:, None].expand(-1, q.shape[0]), wq * t[:, None])
-        d1 = -(z.imag * wq).sum(-1)
-        d2 = -(z.real * wq * wq).sum(-1)
+        ph = wq * t[:, None]
+        cs, sn = torch.cos(ph), torch.sin(ph)
+        d1 = -(ga1 * sn + gb1 * cs).sum(-1)
+        d2 = -(ga2 * cs - gb2 * sn).sum(-1)
         step = torch.where(d2 < 0, -d1 / d2, torch.zeros_like(d1)).clamp(-1.0, 1.0)
         t = t + step
-    z = gw * torch.polar(torch.ones_like(t)[:, None].expand(-1, q.shape[0]), wq * t[:, None])
-    peak = z.real.sum(-1) / size
+    ph = wq * t[:, None]
+    peak = (ga * torch.cos(ph) - gb * torch.sin(ph)).sum(-1) / size
     energy = (line * line).sum(-1)
     symmetry = peak / energy.clamp(min=torch.finfo(line.dtype).tiny)
     ok = (d2 < 0) & ((t - k).abs() <= 1.0) & torch.isfinite(t)
@@ -234,8 +246,27 @@ def symmetry_kernel(
         if it == 0 and capture_overlap is not None:
             mo_x = max(int(w * capture_overlap), 3)
             mo_y = max(int(h * capture_overlap), 3)
-        nx, okx, symx = _line_centre(line_x, x, sx, min_overlap=mo_x)
-        ny, oky, symy = _line_centre(line_y, y, sy, min_overlap=mo_y)
+        refine = it > 0
+        if h == w:  # one batched call for both axes
+            xy = torch.cat([x, y])
+            c, okc, symc = _line_centre(
+                torch.cat([line_x, line_y]),
+                xy,
+                torch.cat([sx, sy]),
+                n_newton=2 if refine else 3,
+                min_overlap=mo_x,
+                start=xy if refine else None,
+            )
+            nx, ny = c[:n], c[n:]
+            okx, oky = okc[:n], okc[n:]
+            symx, symy = symc[:n], symc[n:]
+        else:
+            nx, okx, symx = _line_centre(
+                line_x, x, sx, min_overlap=mo_x, start=x if refine else None
+            )
+            ny, oky, symy = _line_centre(
+                line_y, y, sy, min_overlap=mo_y, start=y if refine else None
+            )
         ok = okx & oky
         sym = torch.minimum(symx, symy)
         x = torch.where(ok, nx, x).clamp(0.0, w - 1.0)

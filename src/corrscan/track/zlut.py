@@ -12,6 +12,8 @@ Lookup (:func:`lookup_z`):
 2. Weighted Pearson correlation of each measured profile with every sub-plane profile, bin
    weights = the profile's sample counts (inverse-variance for shot noise; bins outside the
    image have weight 0). One matrix product for the whole batch.
+   Coarse to fine: first against the table's own planes, then against the sub-planes within
+   two planes of the best one.
 3. Argmax, then a 3-point parabola on the sub-plane correlations (spacing ``dz / upsample``, so
    the parabola is a good local model; MagTrack fits 7 points spaced ``dz``).
 4. z NaN and :class:`TrackFlag.Z_OUT_OF_RANGE` when the best sub-plane is the first or last.
@@ -250,56 +252,87 @@ class ZLUT:
         return np.concatenate([self.z[None, :], p.T], axis=0)
 
 
+def _weighted_pearson(
+    wpc: torch.Tensor, w: torch.Tensor, sw: torch.Tensor, var_p: torch.Tensor, lut: torch.Tensor
+) -> torch.Tensor:
+    """Weighted Pearson of centred profiles with table rows.
+
+    ``wpc``, ``w`` `(T, L, B)`; ``sw``, ``var_p`` `(T, L)`; ``lut`` `(L, J, B)` shared by all
+    T, or `(T, L, J, B)` per profile. Returns `(T, L, J)`.
+    """
+    if lut.ndim == 3:
+        cov = torch.einsum("tlb,ljb->tlj", wpc, lut)
+        s1 = torch.einsum("tlb,ljb->tlj", w, lut)
+        s2 = torch.einsum("tlb,ljb->tlj", w, lut * lut)
+    else:
+        cov = (wpc[:, :, None, :] * lut).sum(-1)
+        wl = w[:, :, None, :] * lut
+        s1 = wl.sum(-1)
+        s2 = (wl * lut).sum(-1)
+    var_l = (s2 - s1 * s1 / sw[..., None]).clamp(min=0.0)
+    r = cov / torch.sqrt(var_p[..., None] * var_l).clamp(min=1e-300)
+    return torch.nan_to_num(r, nan=-2.0)
+
+
 def lookup_kernel(
     prof: torch.Tensor,
     weights: torch.Tensor,
     z_fine: torch.Tensor,
     lut_fine: torch.Tensor,
     *,
+    upsample: int,
     min_correlation: float = -1.0,
+    search_planes: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """z by weighted Pearson + sub-plane parabola (torch only).
+
+    Coarse pass against the table's planes (every ``upsample``-th sub-plane), then the
+    sub-planes within ``search_planes`` planes of the best one.
 
     Parameters
     ----------
     prof, weights
-        `(T, L, B)` profiles and bin weights (NaN bins must have weight 0).
+        `(T, L, B)` profiles and bin weights (NaN bins get weight 0).
     z_fine, lut_fine
-        `(J,)` and `(L, J, B)` (centred per sub-plane) from :meth:`ZLUT.fine`.
+        `(J,)` and `(L, J, B)` (centred per sub-plane) from :meth:`ZLUT.fine` with the same
+        ``upsample``.
 
     Returns
     -------
     z `(T, L)` (NaN when flagged), r `(T, L)` best correlation, flags `(T, L)` int32.
     """
+    up = max(int(upsample), 1)
+    l_n = prof.shape[1]
     p = torch.nan_to_num(prof.to(torch.float64), nan=0.0)
     w = weights.to(torch.float64) * torch.isfinite(prof)
-    sw = w.sum(-1, keepdim=True).clamp(min=1e-30)
-    pm = (w * p).sum(-1, keepdim=True) / sw
+    sw = w.sum(-1).clamp(min=1e-30)  # (T, L)
+    pm = (w * p).sum(-1, keepdim=True) / sw[..., None]
     pc = p - pm
     wpc = w * pc
     var_p = (wpc * pc).sum(-1)  # (T, L)
-    cov = torch.einsum("tlb,ljb->tlj", wpc, lut_fine)
-    s1 = torch.einsum("tlb,ljb->tlj", w, lut_fine)
-    s2 = torch.einsum("tlb,ljb->tlj", w, lut_fine * lut_fine)
-    var_l = (s2 - s1 * s1 / sw).clamp(min=0.0)
-    r = cov / torch.sqrt(var_p[..., None] * var_l).clamp(min=1e-300)
-    r = torch.nan_to_num(r, nan=-2.0)
-    j = r.argmax(dim=-1, keepdim=True)  # (T, L, 1)
-    n_j = r.shape[-1]
-    jm = (j - 1).clamp(min=0)
-    jp = (j + 1).clamp(max=n_j - 1)
-    r0 = r.gather(-1, j).squeeze(-1)
+    n_j = lut_fine.shape[1]
+    coarse = _weighted_pearson(wpc, w, sw, var_p, lut_fine[:, ::up])
+    k = coarse.argmax(dim=-1)  # (T, L) plane index
+    width = min(2 * search_planes * up + 1, n_j)
+    start = (k * up - search_planes * up).clamp(0, n_j - width)
+    jj = start[..., None] + torch.arange(width, device=prof.device)  # (T, L, width)
+    li = torch.arange(l_n, device=prof.device)[None, :, None]
+    r = _weighted_pearson(wpc, w, sw, var_p, lut_fine[li, jj])  # (T, L, width)
+    jl = r.argmax(dim=-1, keepdim=True)
+    jm = (jl - 1).clamp(min=0)
+    jp = (jl + 1).clamp(max=width - 1)
+    r0 = r.gather(-1, jl).squeeze(-1)
     rm = r.gather(-1, jm).squeeze(-1)
     rp = r.gather(-1, jp).squeeze(-1)
     den = rm - 2.0 * r0 + rp
     delta = torch.where(den < 0, 0.5 * (rm - rp) / den, torch.zeros_like(den)).clamp(-0.5, 0.5)
-    js = j.squeeze(-1)
+    js = jj.gather(-1, jl).squeeze(-1)  # global sub-plane index
     z0 = z_fine[js]
-    z_up = z_fine[jp.squeeze(-1)]
-    z_dn = z_fine[jm.squeeze(-1)]
+    z_up = z_fine[(js + 1).clamp(max=n_j - 1)]
+    z_dn = z_fine[(js - 1).clamp(min=0)]
     z = torch.where(delta >= 0, z0 + delta * (z_up - z0), z0 + delta * (z0 - z_dn))
     flags = torch.zeros(z.shape, dtype=torch.int32, device=z.device)
-    edge = (js == 0) | (js == n_j - 1) | (var_p <= 0)
+    edge = (js == 0) | (js == n_j - 1) | ~(var_p > 0)
     flags = flags | torch.where(edge, int(TrackFlag.Z_OUT_OF_RANGE), 0).to(torch.int32)
     low = r0 < min_correlation
     flags = flags | torch.where(low & ~edge, int(TrackFlag.Z_LOW_CORRELATION), 0).to(torch.int32)
@@ -349,8 +382,8 @@ def lookup_z(
     if weights is None:
         from corrscan.track.profiles import polar_plan
 
-        member = polar_plan(zlut.n_bins, zlut.oversample, zlut.samples_per_px, dtype=torch.float64)[2]
-        w = member.sum(0).to(t.device).expand(t.shape)
+        plan = polar_plan(zlut.n_bins, zlut.oversample, zlut.samples_per_px, dtype=torch.float64)
+        w = plan[2].sum(0).to(t.device).expand(t.shape)
     else:
         w = unwrap(weights, name="weights")[0].to(t.device).expand(t.shape)
     if n_tab > 1:
@@ -364,5 +397,5 @@ def lookup_z(
         p3 = t.reshape(-1, 1, t.shape[-1])
         w3 = w.reshape(-1, 1, t.shape[-1])
     zf, lf = zlut.fine(upsample, device=t.device)
-    z, r, flags = lookup_kernel(p3, w3, zf, lf, min_correlation=min_correlation)
+    z, r, flags = lookup_kernel(p3, w3, zf, lf, upsample=upsample, min_correlation=min_correlation)
     return restore(z.reshape(lead)), restore(r.reshape(lead)), restore(flags.reshape(lead))

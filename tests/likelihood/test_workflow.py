@@ -1,0 +1,217 @@
+"""End-to-end file workflow: parameters -> templates (PDB, mmCIF, MRC) -> STAR/MRC particles
+-> run_likelihood_optimal_pose / run_likelihood_full_cross_correlation, every output checked."""
+
+from __future__ import annotations
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+import torch
+
+from corrscan.errors import FileFormatError, InputError
+from corrscan.likelihood.grid import displacement_grid
+from corrscan.likelihood.kernel import search
+from corrscan.likelihood.stacks import PolarImages, PolarTemplates
+from corrscan.likelihood.templates import read_atoms
+from corrscan.likelihood.workflow import (
+    ImageParameters,
+    configure_displacement,
+    configure_likelihood_files,
+    convert_particle_stacks_from_paired_star_and_mrc_files,
+    make_templates_from_inputs,
+    run_likelihood_full_cross_correlation,
+    run_likelihood_optimal_pose,
+)
+from corrscan.synthetic.particles import random_chain, simulate_particles
+
+N, PS, SIGMA, M = 24, 3.0, 2.5, 20
+
+
+def write_pdb(path, xyz):
+    lines = [
+        f"ATOM  {i + 1:5d}  CA  ALA A{i + 1:4d}    {x:8.3f}{y:8.3f}{z:8.3f}  1.00  0.00           C"
+        for i, (x, y, z) in enumerate(xyz)
+    ]
+    path.write_text("\n".join([*lines, "END"]) + "\n")
+
+
+def write_cif(path, xyz):
+    head = [
+        "data_test", "#", "loop_", "_atom_site.group_PDB", "_atom_site.id",
+        "_atom_site.type_symbol", "_atom_site.label_atom_id", "_atom_site.label_comp_id",
+        "_atom_site.label_asym_id", "_atom_site.Cartn_x", "_atom_site.Cartn_y",
+        "_atom_site.Cartn_z", "_atom_site.pdbx_PDB_model_num",
+    ]  # fmt: skip
+    rows = [f"ATOM {i + 1} C CA ALA A {x:.3f} {y:.3f} {z:.3f} 1" for i, (x, y, z) in enumerate(xyz)]
+    path.write_text("\n".join([*head, *rows, "#"]) + "\n")
+
+
+def make_project(tmp_path, *, shifts_px=None, seed=0):
+    """Structures, parameters, a STAR + MRC particle stack with CTFs and prior origins."""
+    true = random_chain(120, radius=20, seed=seed + 1)
+    decoy = random_chain(120, radius=20, seed=seed + 2)
+    write_pdb(tmp_path / "true.pdb", true)
+    write_cif(tmp_path / "decoy.cif", decoy)
+    params = ImageParameters(
+        n_pixels=N, pixel_size=PS, viewing="fibonacci", n_viewing=30, atom_sigma=SIGMA
+    )
+    params.to_yaml(tmp_path / "params.yaml")
+    rng = np.random.default_rng(seed)
+    sh = rng.uniform(-2, 2, (M, 2)) if shifts_px is None else shifts_px
+    imgs, truth = simulate_particles(
+        true - true.mean(0), n_images=M, n_pixels=N, pixel_size=PS, sigma=SIGMA, shifts=sh,
+        snr=1.0, seed=seed + 3,
+    )  # fmt: skip
+    with mrcfile.new(tmp_path / "particles.mrcs", overwrite=True) as f:
+        f.set_data(imgs)
+        f.voxel_size = PS
+    parts = pd.DataFrame(
+        {
+            "rlnDefocusU": truth["defocus_u"],
+            "rlnDefocusV": truth["defocus_v"],
+            "rlnDefocusAngle": truth["astigmatism_angle"],
+            # RELION: the particle centre is at centre - origin
+            "rlnOriginXAngst": -truth["shift_x_angst"],
+            "rlnOriginYAngst": -truth["shift_y_angst"],
+            "rlnOpticsGroup": 1,
+        }
+    )
+    optics = pd.DataFrame(
+        {
+            "rlnOpticsGroup": [1],
+            "rlnVoltage": [300.0],
+            "rlnSphericalAberration": [2.7],
+            "rlnAmplitudeContrast": [0.1],
+            "rlnImagePixelSize": [PS],
+        }
+    )
+    starfile.write({"optics": optics, "particles": parts}, tmp_path / "particles.star")
+    return truth
+
+
+def test_atom_readers_agree(tmp_path):
+    xyz = random_chain(10, seed=3)
+    write_pdb(tmp_path / "a.pdb", xyz)
+    write_cif(tmp_path / "a.cif", xyz)
+    a, b = read_atoms(tmp_path / "a.pdb"), read_atoms(tmp_path / "a.cif", selection="CA")
+    np.testing.assert_allclose(a[["x", "y", "z"]], xyz, atol=1e-3)
+    np.testing.assert_allclose(b[["x", "y", "z"]], xyz, atol=1e-3)
+    with pytest.raises(FileFormatError):
+        read_atoms(tmp_path / "missing.pdb")
+
+
+def test_end_to_end_optimal_pose_and_full_cross_correlation(tmp_path):
+    make_project(tmp_path)
+    tdir, pdir, out = tmp_path / "templates", tmp_path / "particles", tmp_path / "out"
+    paths = make_templates_from_inputs(
+        [tmp_path / "true.pdb", tmp_path / "decoy.cif"], tmp_path / "params.yaml", tdir
+    )
+    assert [p.name for p in paths] == ["templates_fourier_true.pt", "templates_fourier_decoy.pt"]
+    stacks = convert_particle_stacks_from_paired_star_and_mrc_files(
+        tmp_path / "params.yaml", [tmp_path / "particles.mrcs"], [tmp_path / "particles.star"],
+        pdir, batch_size=8,
+    )  # fmt: skip
+    assert [p.name for p in stacks] == [f"particles_fourier_stack_{i:06d}.pt" for i in range(3)]
+    disp_cfg = configure_displacement(1.0, 3, 3)
+    ill = {}
+    for i_template in (0, 1):
+        files = configure_likelihood_files(tdir, pdir, out, i_template=i_template)
+        run_likelihood_optimal_pose(files, disp_cfg, device="cpu")
+        root = out / f"template{i_template}"
+        ill[i_template] = torch.cat(
+            [
+                torch.load(
+                    root / "log_likelihood" / f"log_likelihood_integrated_fourier_stack_{k:06d}.pt"
+                )
+                for k in range(3)
+            ]
+        )
+    # every documented file, and the same numbers as a direct search
+    root = out / "template0"
+    disp = torch.load(out / "displacements_set.pt")
+    np.testing.assert_allclose(disp.numpy(), displacement_grid(1.0, 3, 3, pixel_size=PS))
+    imgs = PolarImages.concat([PolarImages.load(p) for p in stacks])
+    tpl = PolarTemplates.load(paths[0])
+    ref = search(
+        imgs,
+        tpl,
+        disp.numpy(),
+        level="pose",
+        likelihood=True,
+        optimal_likelihood=True,
+        device="cpu",
+    )
+    pose = ref.optimal_pose()
+    names = {
+        "optimal_pose/cross_correlation": ref.cross_correlation,
+        "cross_correlation/cross_correlation": ref.cross_correlation,
+        "optimal_pose/optimal_template": ref.template,
+        "optimal_pose/optimal_displacement_x": ref.displacement_x,
+        "optimal_pose/optimal_displacement_y": ref.displacement_y,
+        "optimal_pose/optimal_inplane_rotation": ref.inplane_rotation,
+        "optimal_pose/optimal_displacement_template_x": pose.optimal_displacement_template_x_M,
+        "log_likelihood/log_likelihood_integrated_fourier": ref.integrated_log_likelihood,
+        "log_likelihood/log_likelihood_optimal_fourier": ref.log_likelihood_optimal,
+        "log_likelihood/log_likelihood_ms": ref.log_likelihood_ms,
+    }
+    for name, want in names.items():
+        got = torch.cat(
+            [torch.load(root / f"{name}_stack_{k:06d}.pt", weights_only=True) for k in range(3)]
+        )
+        torch.testing.assert_close(got.to(want.dtype), want, atol=1e-4, rtol=1e-6, msg=name)
+    table = pd.concat(
+        [pd.read_csv(root / "optimal_pose" / f"optimal_pose_stack_{k:06d}.csv") for k in range(3)]
+    )
+    np.testing.assert_array_equal(table["template"], ref.template.numpy())
+    # prior origins were applied: the particles are centred, so the best shift is ~0
+    assert (
+        np.hypot(ref.displacement_x.numpy(), ref.displacement_y.numpy()) <= PS + 1e-6
+    ).mean() >= 0.9
+    # integrated log-likelihood: data dependent (not CryoLike's constant) and prefers the truth
+    assert ill[0].std() > 1.0
+    assert (ill[0] > ill[1]).double().mean() >= 0.9
+    # skip_exist leaves finished stacks alone
+    target = root / "optimal_pose" / "optimal_template_stack_000000.pt"
+    before = target.stat().st_mtime_ns
+    files = configure_likelihood_files(tdir, pdir, out, i_template=0, n_stacks=1)
+    assert len(run_likelihood_optimal_pose(files, disp_cfg, skip_exist=True, device="cpu")) == 0
+    assert target.stat().st_mtime_ns == before
+    # full cross-correlation of the first stack, manual batch sizes
+    run_likelihood_full_cross_correlation(
+        files, disp_cfg, estimate_batch_size=False, n_images_per_batch=3, n_templates_per_batch=7,
+        device="cpu",
+    )  # fmt: skip
+    full = torch.load(
+        root / "cross_correlation" / "cross_correlation_pose_msdw_stack_000000.pt",
+        weights_only=True,
+    )
+    cc = full["cross_correlation"]
+    assert cc.shape == (8, 30, 9, 2 * N)
+    torch.testing.assert_close(
+        cc.reshape(8, -1).amax(1), ref.cross_correlation[:8], atol=1e-5, rtol=0
+    )
+
+
+def test_configuration_errors_name_the_fix(tmp_path):
+    (tmp_path / "t").mkdir()
+    with pytest.raises(FileFormatError, match="make_templates_from_inputs"):
+        configure_likelihood_files(tmp_path / "t", tmp_path / "p", tmp_path / "o")
+    make_project(tmp_path)
+    make_templates_from_inputs([tmp_path / "true.pdb"], tmp_path / "params.yaml", tmp_path / "t")
+    with pytest.raises(FileFormatError, match="convert the particles"):
+        configure_likelihood_files(tmp_path / "t", tmp_path / "p", tmp_path / "o")
+    convert_particle_stacks_from_paired_star_and_mrc_files(
+        tmp_path / "params.yaml",
+        [tmp_path / "particles.mrcs"],
+        [tmp_path / "particles.star"],
+        tmp_path / "p",
+    )
+    with pytest.raises(InputError, match="i_template"):
+        configure_likelihood_files(tmp_path / "t", tmp_path / "p", tmp_path / "o", i_template=3)
+    bad = ImageParameters(n_pixels=32, pixel_size=PS)
+    with pytest.raises(InputError, match="grid is 32 px"):
+        convert_particle_stacks_from_paired_star_and_mrc_files(
+            bad, [tmp_path / "particles.mrcs"], [tmp_path / "particles.star"], tmp_path / "q"
+        )

@@ -1,0 +1,191 @@
+"""End-to-end recovery of planted copies, split/merge exactness and scores vs references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from corrscan.errors import InputError
+from corrscan.match3d import SCORES, match_template, rotation_set
+from corrscan.match3d.rotations import rotation_angle_deg
+from corrscan.match3d.scores import BoxScorer
+from corrscan.synthetic.tomogram import simulate_tomogram
+
+STEP = 30.0
+WEDGE = (-60.0, 60.0)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """4 copies at grid rotations perturbed by ~4 degrees, missing wedge, noise."""
+    torch.set_num_threads(1)
+    grid = rotation_set(angular_step=STEP).numpy().astype(np.float64)
+    rng = np.random.default_rng(11)
+    pick = rng.choice(len(grid), 4, replace=False)
+    pert = Rotation.from_rotvec(rng.normal(size=(4, 3)) / np.sqrt(3) * np.radians(4)).as_matrix()
+    rots = grid[pick] @ pert
+    tomo, truth = simulate_tomogram(48, template_shape=12, rotations=rots, noise_std=0.15,
+                                    wedge=WEDGE, seed=3, n_atoms=20, sigma=1.0)
+    return tomo, truth, grid, pick
+
+
+def _check_recovery(res, truth, step):
+    pk = res.peaks(num_peaks=len(truth["positions"]), min_distance=6)
+    pos = pk[["z", "y", "x"]].to_numpy()
+    for p, r in zip(truth["positions"], truth["rotations"], strict=True):
+        d = np.abs(pos - p).max(axis=1)
+        j = int(d.argmin())
+        assert d[j] == 0, f"copy at {p} found {d[j]} voxels off"
+        found = res.rotations[int(pk.rotation_index.iloc[j])]
+        assert rotation_angle_deg(found, r) < step
+
+
+@pytest.mark.parametrize("score", SCORES)
+def test_every_score_recovers_every_copy(planted, score):
+    tomo, truth, grid, pick = planted
+    rots = grid
+    if score in ("FLC", "MCC"):  # expensive scores: the planted neighbourhoods + 60 decoys
+        near = rotation_angle_deg(grid[:, None], grid[pick][None]).min(axis=1) < 50
+        rots = np.concatenate([grid[near], grid[~near][::6]])
+    filters = {"wedge": WEDGE}
+    if score == "CC":  # not locally normalised: low frequencies dominate unless high-passed
+        filters["highpass_angstrom"] = 6.0
+    res = match_template(
+        tomo, truth["template"], template_mask=truth["template_mask"], score=score,
+        rotations=rots, interpolation_order=1, pad_edges=True, filters=filters,
+    )  # fmt: skip
+    assert res.n_rotations == len(rots)
+    _check_recovery(res, truth, STEP)
+
+
+def test_cubic_interpolation_and_angular_step(planted):
+    tomo, truth, grid, _ = planted
+    res = match_template(tomo, truth["template"], score="FLCSphericalMask", angular_step=STEP,
+                         interpolation_order=3, filters={"wedge": WEDGE})
+    assert res.n_rotations == len(grid) == 360
+    _check_recovery(res, truth, STEP)
+
+
+def test_split_and_chunks_merge_exactly(planted):
+    tomo, truth, grid, _ = planted
+    kw = dict(template_mask=truth["template_mask"], score="FLCSphericalMask",
+              rotations=grid[:48], interpolation_order=1, pad_edges=True)
+    one = match_template(tomo, truth["template"], **kw)
+    chunked = match_template(tomo, truth["template"], rotation_chunks=5, **kw)
+    np.testing.assert_array_equal(chunked.scores, one.scores)
+    np.testing.assert_array_equal(chunked.rotation_index, one.rotation_index)
+    np.testing.assert_array_equal(chunked.rotations, one.rotations)
+    assert chunked.score_mean == one.score_mean and chunked.score_std == one.score_std
+    # batches of 4: chunk boundaries align with batches -> still bitwise
+    b1 = match_template(tomo, truth["template"], batch_size=4, **kw)
+    b2 = match_template(tomo, truth["template"], batch_size=4, rotation_chunks=3, **kw)
+    np.testing.assert_array_equal(b1.scores, b2.scores)
+    np.testing.assert_array_equal(b1.rotation_index, b2.rotation_index)
+    # target splits: same data per voxel, different FFT box -> equal to float rounding
+    split = match_template(tomo, truth["template"], target_splits={0: 2, 2: 3},
+                           rotation_chunks=2, **kw)
+    np.testing.assert_allclose(split.scores, one.scores, atol=2e-5)
+    same = split.rotation_index == one.rotation_index
+    assert same.mean() > 0.999
+    # where they differ, the two rotations score within rounding of each other
+    assert np.all(np.abs(split.scores - one.scores)[~same] < 2e-5)
+    for p in truth["positions"]:
+        assert split.rotation_index[tuple(p)] == one.rotation_index[tuple(p)]
+    assert split.score_count == one.score_count == tomo.size * 48
+    assert split.score_std == pytest.approx(one.score_std, rel=1e-5)
+
+
+def _brute_corr(f, g, p):
+    c = np.array([s // 2 for s in g.shape])
+    out = 0.0
+    for q in np.ndindex(*g.shape):
+        out += f[tuple(np.array(p) + np.array(q) - c)] * g[q]
+    return out
+
+
+def test_scores_match_float64_references(rng):
+    f = rng.normal(size=(14, 15, 16)) + 3.0
+    g = rng.normal(size=(5, 5, 5))
+    m = (np.add.outer(np.add.outer(np.arange(5) - 2, np.zeros(5)), np.zeros(5)) ** 2 <= 9)
+    m = m.astype(np.float64) * (rng.random((5, 5, 5)) > 0.2)
+    p = (7, 7, 8)
+    gt, mt = torch.from_numpy(g).float()[None], torch.from_numpy(m).float()[None]
+    ft = torch.from_numpy(f).float()
+    # CC
+    cc = BoxScorer(ft, g.shape, None, None, "CC", f.shape, 1)(gt)[0].numpy()
+    assert cc[p] == pytest.approx(_brute_corr(f, g, p), rel=1e-4)
+    # FLC with binary mask: Pearson correlation of the masked window
+    flc = BoxScorer(ft, g.shape, None, None, "FLC", f.shape, 1)(gt, mt)[0].numpy()
+    inside = m > 0
+    c = np.array([2, 2, 2])
+    win = f[tuple(slice(pi - ci, pi - ci + 5) for pi, ci in zip(p, c, strict=True))]
+    ref = np.corrcoef(win[inside], g[inside])[0, 1]
+    assert flc[p] == pytest.approx(ref, abs=1e-4)
+    # FLCSphericalMask with the same (unrotated) mask gives the same number
+    fs = BoxScorer(ft, g.shape, mt[0], None, "FLCSphericalMask", f.shape, 1)(gt, mt)[0].numpy()
+    assert fs[p] == pytest.approx(ref, abs=1e-4)
+    # MCC with a full target mask equals the same Pearson correlation
+    mcc = BoxScorer(ft, g.shape, None, None, "MCC", f.shape, 1)(gt, mt)[0].numpy()
+    assert mcc[p] == pytest.approx(ref, abs=1e-4)
+    # NCC: standardised correlation / sqrt(N)
+    ncc = BoxScorer(ft, g.shape, None, None, "NCC", f.shape, 1)(gt)[0].numpy()
+    gs = (g - g.mean()) / g.std()
+    assert ncc[p] == pytest.approx(_brute_corr(f, gs, p) / np.sqrt(g.size), rel=1e-3)
+
+
+def test_mcc_target_mask_zeroes_low_overlap(rng):
+    f = torch.from_numpy(rng.normal(size=(16, 16, 16))).float()
+    t = torch.zeros(16, 16, 16)
+    t[:, :, :8] = 1.0
+    g = torch.from_numpy(rng.normal(size=(5, 5, 5))).float()[None]
+    m = torch.ones(1, 5, 5, 5)
+    s = BoxScorer(f, (5, 5, 5), None, t, "MCC", (16, 16, 16), 1)(g, m)[0].numpy()
+    assert np.all(s[:, :, 12:14] == 0.0)  # windows that do not reach the masked half
+    assert np.all(np.abs(s) <= 1.0)
+    assert np.any(s[:, :, 3:6] != 0.0)
+
+
+def test_constrained_search_only_scores_seeds(planted):
+    tomo, truth, grid, pick = planted
+    seeds = truth["positions"][:2]
+    res = match_template(
+        tomo, truth["template"], score="FLCSphericalMask", rotations=grid,
+        interpolation_order=1, filters={"wedge": WEDGE}, score_threshold=0.0,
+        constraints={"positions": seeds, "rotations": grid[pick][:2], "cone_angle": 40.0,
+                     "acceptance_radius": 1.5},
+    )  # fmt: skip
+    assert res.n_rotations < len(grid)
+    allowed = np.zeros(tomo.shape, dtype=bool)
+    for s in seeds:
+        allowed[tuple(slice(v - 1, v + 2) for v in s)] = True
+    assert np.all(res.scores[~allowed] == 0.0)
+    for s, r in zip(seeds, truth["rotations"][:2], strict=True):
+        assert rotation_angle_deg(res.rotations[res.rotation_index[tuple(s)]], r) < STEP
+
+
+def test_symmetry_and_cone_reduce_rotation_count():
+    full = len(rotation_set(angular_step=30))
+    c4 = len(rotation_set(angular_step=30, symmetry="C4"))
+    d2 = len(rotation_set(angular_step=30, symmetry="D2"))
+    cone = rotation_set(angular_step=30, cone_axis=(0, 0, 1), cone_angle=40)
+    assert abs(c4 - full / 4) < 0.15 * full / 4
+    assert abs(d2 - full / 4) < 0.15 * full / 4
+    assert np.all(cone.numpy()[:, 2, 2] >= np.cos(np.radians(40)) - 1e-6)
+
+
+def test_bad_inputs_raise(planted):
+    tomo, truth, *_ = planted
+    with pytest.raises(InputError, match="score"):
+        match_template(tomo, truth["template"], score="CORR", angular_step=60)
+    with pytest.raises(InputError, match="exactly one"):
+        match_template(tomo, truth["template"], angular_step=60, n_rotations=10)
+    with pytest.raises(InputError, match="pad_edges"):
+        match_template(tomo, truth["template"], angular_step=60, target_splits=2, pad_edges=False)
+    with pytest.raises(TypeError):
+        match_template(tomo, truth["template"], angular_step=60, this_is_not_a_param=1)
+    with pytest.warns(UserWarning, match="rotation-invariant"):
+        cube = np.ones(truth["template"].shape, dtype=np.float32)
+        cube[:, :, :3] = 0
+        match_template(tomo[:24, :24, :24], truth["template"], template_mask=cube, n_rotations=2)

@@ -1,0 +1,151 @@
+"""Whole tracker: planted x, y, z (bounds in nm per test), bad images per bead, kinds,
+Z-LUT building from sweeps, ROI cropping, config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from corrscan.errors import ConfigError, InputError
+from corrscan.synthetic.beads import simulate_beads, simulate_focus_sweep
+from corrscan.track import TrackConfig, TrackFlag, build_zlut, crop_rois, track_stack
+
+from .conftest import Z_LUT, planted, rms
+
+
+def test_planted_xyz_noise_free(zlut, beads_clean) -> None:
+    """Saturating camera (MagTrack's simulator settings), offsets +-1.5 px, z +-3 um, LUT
+    100 nm apart: x, y <= 1.6 nm RMS, z <= 3 nm RMS (MagTrack: ~1.2 / ~29 nm)."""
+    stack, truth, xyz = beads_clean
+    res = track_stack(stack, zlut)
+    assert (res.flags == 0).all()
+    assert rms((res.x - truth["x_px"]) * 100) < 1.6
+    assert rms((res.y - truth["y_px"]) * 100) < 1.6
+    assert rms(res.z - xyz[:, 2]) < 3.0
+
+
+def test_planted_xyz_shot_noise(zlut, beads_noisy) -> None:
+    """Poisson noise, 1,000 photons at I = 1 (~400 per background pixel): x, y <= 2 nm RMS,
+    z <= 5 nm RMS (MagTrack: ~1.8 / ~29 nm)."""
+    stack, truth, xyz = beads_noisy
+    res = track_stack(stack, zlut)
+    assert (res.flags == 0).all()
+    assert rms((res.x - truth["x_px"]) * 100) < 2.0
+    assert rms((res.y - truth["y_px"]) * 100) < 2.0
+    assert rms(res.z - xyz[:, 2]) < 5.0
+
+
+def test_z_independent_of_subpixel_position(zlut) -> None:
+    """Same z, bead at 0, 0.25, 0.5 px offsets: z spread < 3 nm (MagTrack: 25 -> 60 nm RMS)."""
+    z = np.repeat(np.linspace(-2500, 2500, 11), 3)
+    off = np.tile([0.0, 25.0, 50.0], 11)
+    stack, _ = simulate_beads(np.c_[off, off, z])
+    res = track_stack(stack, zlut)
+    zz = res.z.reshape(11, 3)
+    assert (zz.max(1) - zz.min(1)).max() < 3.0
+    assert rms(res.z - z) < 3.0
+
+
+def test_bad_images_flagged_per_bead_never_failing_the_batch(zlut, beads_clean) -> None:
+    stack, truth, xyz = beads_clean
+    good = stack[:8].copy()
+    edge, _ = simulate_beads(np.array([[3000.0, 0.0, 500.0]]))  # 30 px off: 2 px from edge
+    bad = np.concatenate([good, good[:3], edge])
+    bad[8, 10, 10] = np.nan  # NaN pixel
+    bad[9] = 0.4  # blank (dropped) frame
+    bad[10] = np.inf
+    before = bad.copy()
+    res = track_stack(bad, zlut)
+    np.testing.assert_array_equal(bad, before)
+    assert res.flags[8] == TrackFlag.NONFINITE and res.flags[10] == TrackFlag.NONFINITE
+    assert res.flags[9] == TrackFlag.BLANK
+    assert res.flags[11] & (TrackFlag.EDGE | TrackFlag.XY_FAILED)
+    for f in ("x", "y", "z"):
+        assert np.isnan(getattr(res, f)[8:]).all()
+    ref = track_stack(good, zlut)
+    np.testing.assert_allclose(res.x[:8], ref.x, atol=1e-5)
+    np.testing.assert_allclose(res.z[:8], ref.z, atol=1e-3)
+    assert (res.flags[:8] == 0).all()
+
+
+def test_z_out_of_range_keeps_xy(zlut) -> None:
+    stack, truth = simulate_beads(np.array([[20.0, -30.0, 7000.0]]))
+    res = track_stack(stack, zlut)
+    assert res.flags[0] == TrackFlag.Z_OUT_OF_RANGE and np.isnan(res.z[0])
+    assert abs(res.x[0] - truth["x_px"][0]) < 0.05
+
+
+def test_kinds_integers_batch_shape_and_no_lut(beads_noisy) -> None:
+    stack, truth, _ = beads_noisy
+    counts = np.round(stack[:12] * 1000).astype(np.uint16).reshape(3, 4, 64, 64)
+    res = track_stack(counts)
+    assert res.x.shape == (3, 4) and np.isnan(res.z).all() and res.profiles.shape == (3, 4, 32)
+    assert np.abs(res.x.reshape(-1) - truth["x_px"][:12]).max() < 0.05
+    t = torch.from_numpy(counts)
+    res_t = track_stack(t, dtype="float64")
+    assert isinstance(res_t.x, torch.Tensor) and res_t.x.dtype == torch.float64
+    np.testing.assert_allclose(res_t.x.numpy(), res.x, atol=1e-4)
+    df = res.to_dataframe()
+    assert list(df.columns) == ["index", "x", "y", "z", "flags", "r"] and len(df) == 12
+
+
+def test_build_zlut_from_jittered_noisy_sweep_tracks_held_out_beads() -> None:
+    """Sweep with 0.3-px lateral jitter, 3 noisy frames per plane, profiles at the tracked
+    centres: held-out noisy beads z <= 6 nm RMS."""
+    z = np.arange(-2000.0, 2001.0, 100.0)
+    sweep, _ = simulate_focus_sweep(
+        z, xy_jitter_px=0.3, frames_per_plane=3, photons=1000.0, seed=8
+    )
+    lut = build_zlut(sweep, np.repeat(z, 3))
+    assert lut.n_ref == z.shape[0]
+    np.testing.assert_allclose(lut.z, z)
+    xyz = planted(80, seed=41, z_nm=1500.0)
+    stack, _ = simulate_beads(xyz, photons=1000.0, seed=9)
+    res = track_stack(stack, lut)
+    assert (res.flags == 0).all()
+    assert rms(res.z - xyz[:, 2]) < 6.0
+    # z_step grouping of stage positions with jitter gives the same planes
+    stage = np.repeat(z, 3) + np.tile([-3.0, 0.0, 3.0], z.shape[0])
+    lut2 = build_zlut(sweep, stage, z_step=100.0)
+    np.testing.assert_allclose(lut2.z, z, atol=1e-9)
+
+
+def test_per_bead_zlut_in_track_stack(zlut) -> None:
+    sweep, _ = simulate_focus_sweep(Z_LUT[20:61])
+    pair = np.stack([sweep, sweep[:, ::-1, :]], axis=1)  # bead 2 is mirrored: its own table
+    lut = build_zlut(pair, Z_LUT[20:61], center="roi")
+    assert lut.profiles.shape == (2, 41, 32)
+    xyz = planted(6, seed=5, xy_nm=0.0, z_nm=1500.0)
+    a, _ = simulate_beads(xyz)
+    res = track_stack(np.stack([a, a[:, ::-1, :]], axis=1), lut)
+    assert res.z.shape == (6, 2)
+    assert rms(res.z - xyz[:, 2:3]) < 5.0
+    with pytest.raises(InputError):
+        track_stack(a, lut)
+
+
+def test_crop_rois_matches_slicing(rng: np.random.Generator) -> None:
+    frames = rng.random((3, 50, 60))
+    rois = np.array([[0, 10, 5, 15], [30, 40, 48, 58]])
+    out = crop_rois(frames, rois)
+    assert out.shape == (3, 2, 10, 10)
+    np.testing.assert_array_equal(out[:, 0], frames[:, 0:10, 5:15])
+    np.testing.assert_array_equal(out[:, 1], frames[:, 30:40, 48:58])
+    np.testing.assert_array_equal(crop_rois(frames, rois[:, [0, 2]], size=10), out)
+    with pytest.raises(InputError):
+        crop_rois(frames, np.array([[0, 10, 0, 12]]))
+    with pytest.raises(InputError):
+        crop_rois(frames, np.array([[45, 55, 0, 10]]))
+
+
+def test_config_yaml_and_overrides(tmp_path) -> None:
+    p = tmp_path / "track.yaml"
+    p.write_text("n_iterations: 2\nedge_margin_px: 6\n")
+    cfg = TrackConfig.from_yaml(p)
+    assert cfg.n_iterations == 2 and cfg.edge_margin_px == 6
+    p.write_text("n_iteration: 2\n")
+    with pytest.raises(ConfigError):
+        TrackConfig.from_yaml(p)
+    with pytest.raises(ConfigError):
+        track_stack(np.zeros((1, 16, 16)), n_iterations=0)
