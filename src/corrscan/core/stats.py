@@ -77,6 +77,7 @@ __all__ = [
     "batch_argmax",
     "batch_sum",
     "batch_sum_of_squares",
+    "first_argmax",
     "reduce_batch",
 ]
 
@@ -174,90 +175,53 @@ def batch_sum_of_squares(x: torch.Tensor) -> torch.Tensor:
 def batch_argmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Max and argmax over axis 0 of ``x`` `(B, ...)`: ``(values (...), int64 indices (...))``.
 
-    Ties keep the first (lowest) batch position. A pairwise tree over adjacent, ordered
-    ranges made of element-wise comparisons, so it is deterministic on every device; used
-    instead of ``torch.max(dim=0)`` / ``argmax``, whose CPU kernels are very slow for a
-    reduction over the leading axis.
+    Ties keep the first (lowest) batch position (see :func:`first_argmax`).
     """
-    n = x.shape[0]
-    if n == 1:
-        return x[0].clone(), torch.zeros(x.shape[1:], dtype=torch.int64, device=x.device)
-    idx_dtype = torch.int16 if n < 2**15 else torch.int64
-    bshape = (-1,) + (1,) * (x.ndim - 1)
-    m = (n + 1) // 2
-    k = n // 2
-    v = x[0::2].clone()  # (m, ...): positions 0, 2, 4, ...
-    i = torch.arange(0, n, 2, dtype=idx_dtype, device=x.device).reshape(bshape).expand(v.shape)
-    i = i.clone()
-    right = x[1::2]
-    take = right > v[:k]
-    torch.where(take, right, v[:k], out=v[:k])
-    r_idx = torch.arange(1, n, 2, dtype=idx_dtype, device=x.device).reshape(bshape)
-    torch.where(take, r_idx, i[:k], out=i[:k])
-    stride = 1
-    while stride < m:  # slot j*2*stride holds positions [j*2*stride, j*2*stride + stride)
-        lv, rv = v[0 :: 2 * stride], v[stride :: 2 * stride]
-        li, ri = i[0 :: 2 * stride], i[stride :: 2 * stride]
-        c = rv.shape[0]
-        take = rv > lv[:c]
-        torch.where(take, rv, lv[:c], out=lv[:c])
-        torch.where(take, ri, li[:c], out=li[:c])
-        stride *= 2
-    return v[0], i[0].to(torch.int64)
+    m = x.amax(0)
+    return m, first_argmax(x, m)
 
 
-REDUCE_CHUNK_BYTES = 16 << 20
-"""Batch reductions run over slabs of the first map axis of about this many input bytes
-(bounded temporaries, cache-friendly on the CPU). Results do not depend on it: every
-operation is element-wise across pixels."""
+REDUCE_CHUNK_BYTES = 512 << 20
+"""Batch sums run over slabs of the first map axis of at most this many input bytes (bounds
+the temporaries). Results do not depend on it: every operation is element-wise across
+pixels."""
 
 
-def reduce_batch(
-    x: torch.Tensor,
-    *,
-    maxima: bool = True,
-    sums: bool = True,
-    x_for_max: torch.Tensor | None = None,
-) -> dict[str, torch.Tensor]:
-    """One pass over a batch `(B, *shape)`: max/argmax and/or sum and sum of squares.
+def first_argmax(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """First batch position where ``x`` `(B, ...)` equals its maximum ``m`` `(...)`.
 
-    Parameters
-    ----------
-    x
-        `(B, *shape)` floating scores (any strides, e.g. a valid-region view).
-    maxima, sums
-        Which reductions to compute.
-    x_for_max
-        Optional reordering of ``x`` used for the max/argmax only (same shape).
-
-    Returns
-    -------
-    dict
-        ``max`` `(*shape)`, ``argmax`` `(*shape)` int64 (first position on ties), ``s1``,
-        ``s2`` `(*shape)` in ``x.dtype`` -- exactly :func:`batch_argmax`, :func:`batch_sum`,
-        :func:`batch_sum_of_squares` of the whole batch, computed slab by slab.
+    Vectorised as ``B - amax(where(x == m, B - b, 0))`` (a native, fast reduction; torch's
+    ``argmax(dim=0)`` is very slow on the CPU). Positions of NaN maxima are clamped to
+    ``B - 1``. Returns int64 `(...)`.
     """
-    xm = x if x_for_max is None else x_for_max
-    shape = tuple(x.shape[1:])
-    out: dict[str, torch.Tensor] = {}
+    b = x.shape[0]
+    wdt = torch.uint8 if b < 256 else (torch.int16 if b < 2**15 else torch.int64)
+    w = torch.arange(b, 0, -1, dtype=wdt, device=x.device).reshape((b,) + (1,) * (x.ndim - 1))
+    hit = torch.where(x == m, w, torch.zeros((), dtype=wdt, device=x.device))
+    return (b - hit.amax(0).to(torch.int64)).clamp_(max=b - 1)
+
+
+def reduce_batch(x: torch.Tensor, *, maxima: bool = True, sums: bool = True) -> dict[str, Any]:
+    """Batch reductions of `(B, *shape)` scores in their own dtype.
+
+    Returns ``max`` `(*shape)` (``amax`` over the batch) and/or ``s1``, ``s2`` `(*shape)`
+    (:func:`batch_sum`, :func:`batch_sum_of_squares`, computed slab by slab).
+    """
+    out: dict[str, Any] = {}
     if maxima:
-        out["max"] = torch.empty(shape, dtype=x.dtype, device=x.device)
-        out["argmax"] = torch.empty(shape, dtype=torch.int64, device=x.device)
+        out["max"] = x.amax(0)
     if sums:
-        out["s1"] = torch.empty(shape, dtype=x.dtype, device=x.device)
-        out["s2"] = torch.empty(shape, dtype=x.dtype, device=x.device)
-    per_row = x.shape[0] * x.element_size() * max(1, math.prod(shape[1:]))
-    rows = max(1, REDUCE_CHUNK_BYTES // per_row) if x.device.type == "cpu" else shape[0]
-    for r0 in range(0, shape[0], rows):
-        sl = slice(r0, min(shape[0], r0 + rows))
-        if maxima:
-            v, i = batch_argmax(xm[:, sl])
-            out["max"][sl] = v
-            out["argmax"][sl] = i
-        if sums:
+        shape = tuple(x.shape[1:])
+        s1 = torch.empty(shape, dtype=x.dtype, device=x.device)
+        s2 = torch.empty(shape, dtype=x.dtype, device=x.device)
+        per_row = x.shape[0] * x.element_size() * max(1, math.prod(shape[1:]))
+        rows = max(1, REDUCE_CHUNK_BYTES // per_row)
+        for r0 in range(0, shape[0], rows):
+            sl = slice(r0, min(shape[0], r0 + rows))
             xc = x[:, sl]
-            out["s1"][sl] = batch_sum(xc)
-            out["s2"][sl] = batch_sum_of_squares(xc)
+            s1[sl] = batch_sum(xc)
+            s2[sl] = batch_sum_of_squares(xc)
+        out["s1"], out["s2"] = s1, s2
     return out
 
 
@@ -408,8 +372,7 @@ class MaxAccumulator:
         x = _as_batch(scores, self.shape, self.device)
         pl, perm = self._prepare_payloads(payloads, x.shape[0])
         xm = x if perm is None else x.index_select(0, perm)
-        red = reduce_batch(xm, sums=False)
-        self._fold_batch(red["max"], red["argmax"], pl)
+        self._fold_batch(xm, xm.amax(0), pl)
         return self
 
     def _prepare_payloads(
@@ -447,12 +410,42 @@ class MaxAccumulator:
         return pl, perm
 
     def _fold_batch(
-        self, bmax: torch.Tensor, barg: torch.Tensor, pl: Mapping[str, torch.Tensor]
+        self, x: torch.Tensor, bmax: torch.Tensor, pl: Mapping[str, torch.Tensor]
     ) -> None:
-        flat = barg.reshape(-1)
-        gathered = {n: p.take(flat).reshape(self.shape) for n, p in pl.items()}
-        self._fold(bmax, gathered)
+        """Fold a batch ``x`` `(B, *shape)` with its maximum ``bmax`` and payloads ``pl``.
+
+        On the CPU, the argmax is only evaluated at the pixels where the batch reaches the
+        stored maximum (after the first updates, a small fraction); on GPUs everywhere
+        (no host synchronisation).
+        """
+        cur = self._max
+        bmax = bmax.to(cur.dtype)
         self.n_updates += 1
+        if cur.device.type == "cpu":
+            cand = (bmax >= cur) if self.tie_break is not None else (bmax > cur)
+            nb = int(cand.sum())
+            if nb == 0:
+                return
+            if nb * 8 <= cand.numel():
+                coords = cand.nonzero(as_tuple=True)
+                xs = x[(slice(None), *coords)]  # (B, nb) gather
+                ms = bmax[coords]
+                arg = first_argmax(xs, ms)
+                new_pl = {n: p.take(arg) for n, p in pl.items()}
+                cur_c = cur[coords]
+                better = ms > cur_c
+                if self.tie_break is not None:
+                    tb_cur = self._payloads[self.tie_break][coords]
+                    better |= (ms == cur_c) & (new_pl[self.tie_break] < tb_cur)
+                sel = tuple(c[better] for c in coords)
+                cur[sel] = ms[better]
+                for name in self.payload_names:
+                    old = self._payloads[name]
+                    old[sel] = new_pl[name][better].to(old.dtype)
+                return
+        arg = first_argmax(x, bmax).reshape(-1)
+        gathered = {n: p.take(arg).reshape(self.shape) for n, p in pl.items()}
+        self._fold(bmax, gathered)
 
     def merge(self, other: MaxAccumulator) -> MaxAccumulator:
         """Fold another accumulator (same shape and payloads) into this one; returns ``self``."""
@@ -779,13 +772,9 @@ class SearchStatistics:
         x = _as_batch(scores, self.shape, self.device)
         pl, perm = self.max_acc._prepare_payloads(payloads, x.shape[0])
         shift = self.moments.shift
-        xs = x - shift if shift != 0.0 else x
-        if perm is None and shift == 0.0:
-            red = reduce_batch(x)  # one pass: max/argmax and both sums
-        else:
-            xm = x if perm is None else x.index_select(0, perm)
-            red = reduce_batch(xs, x_for_max=xm)
-        self.max_acc._fold_batch(red["max"], red["argmax"], pl)
+        red = reduce_batch(x - shift if shift != 0.0 else x, maxima=False)
+        xm = x if perm is None else x.index_select(0, perm)
+        self.max_acc._fold_batch(xm, xm.amax(0), pl)
         m = self.moments
         m._add_limbs(red["s1"], red["s2"])
         m._count += int(x.shape[0])

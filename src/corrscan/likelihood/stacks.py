@@ -189,12 +189,14 @@ def images_from_real_space(
     table: pd.DataFrame | None = None,
     shifts: np.ndarray | None = None,
     precision: str = "single",
+    method: str = "auto",
     device=None,
 ) -> PolarImages:
     """Real-space particle images `(M, N, N)` -> :class:`PolarImages`.
 
-    Steps: subtract each image's mean (real space), exact transform to the polar grid
-    (:func:`~corrscan.likelihood.transform.images_to_polar`), divide by the quadrature norm.
+    Steps: subtract each image's mean (real space), transform to the polar grid
+    (:func:`~corrscan.likelihood.transform.images_to_polar`, ``method`` "auto" | "direct" |
+    "nufft"), divide by the quadrature norm.
     ``ctf=None`` means no CTF (``CTF ≡ 1``). ``shifts`` `(M, 2)` ``(x, y)`` pixels moves every
     image by ``+shift`` (exact Fourier phase; used to apply RELION/cryoSPARC prior origins).
     """
@@ -209,7 +211,7 @@ def images_from_real_space(
     if not bool(torch.isfinite(t).all()):
         raise InputError("images contain NaN/Inf: clean the stack first")
     t = t - t.mean(dim=(-2, -1), keepdim=True)
-    pol = images_to_polar(t, grid, device=device)
+    pol = images_to_polar(t, grid, method=method, device=device)
     if shifts is not None:
         sh = np.asarray(shifts, dtype=np.float64).reshape(-1, 2)
         if sh.shape[0] != t.shape[0]:

@@ -39,20 +39,18 @@ __all__ = ["MatchResult", "read_table", "write_table"]
 
 
 def _write_mrc(path: Path, data: np.ndarray, voxel_size: float) -> None:
-    import mrcfile
+    from corrscan.core.io.mrc import write_mrc
 
-    with mrcfile.new(path, overwrite=True) as m:
-        m.set_data(np.ascontiguousarray(data))
-        m.voxel_size = voxel_size
+    write_mrc(path, np.ascontiguousarray(data), voxel_size)
 
 
 def _read_mrc(path: Path) -> tuple[np.ndarray, float]:
-    import mrcfile
+    from corrscan.core.io.mrc import read_mrc
 
     if not path.is_file():
         raise FileFormatError(f"missing map {path}")
-    with mrcfile.open(path, permissive=True) as m:
-        return np.asarray(m.data).copy(), float(m.voxel_size.x)
+    data, vs = read_mrc(path)
+    return np.asarray(data).copy(), float(vs)
 
 
 @dataclass
