@@ -201,6 +201,10 @@ def test_rotate_volume_batched_channels_and_kinds(rng):
     mats = Rotation.random(3, random_state=1).as_matrix().astype(np.float32)
     out = rotate_volume(torch.as_tensor(v), torch.as_tensor(mats))
     assert isinstance(out, torch.Tensor) and out.shape == (3, 2, 9, 9, 9)
+    chunked = rotate_volume(torch.as_tensor(v), torch.as_tensor(mats), order=3, batch_size=2)
+    torch.testing.assert_close(
+        chunked, rotate_volume(torch.as_tensor(v), torch.as_tensor(mats), order=3)
+    )
     one = rotate_volume(v[1], mats[2])
     assert isinstance(one, np.ndarray) and one.shape == (9, 9, 9)
     np.testing.assert_allclose(out[2, 1].numpy(), one, atol=1e-5)

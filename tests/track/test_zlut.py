@@ -64,9 +64,13 @@ def test_lookup_out_of_range_is_flagged(zlut: ZLUT) -> None:
     xyz = np.array([[0.0, 0.0, 6000.0], [0.0, 0.0, -7000.0], [0.0, 0.0, 0.0]])
     stack, truth = simulate_beads(xyz)
     prof = radial_profile(stack, truth["x_px"], truth["y_px"])
-    z, _, flags = lookup_z(prof, zlut)
-    assert np.isnan(z[:2]).all() and (flags[:2] == TrackFlag.Z_OUT_OF_RANGE).all()
-    assert abs(z[2]) < 5.0 and flags[2] == 0
+    out = TrackFlag.Z_OUT_OF_RANGE | TrackFlag.Z_LOW_CORRELATION
+    z, r, flags = lookup_z(prof, zlut, min_correlation=0.98)
+    assert np.isnan(z[:2]).all() and (flags[:2] & out).all()
+    assert abs(z[2]) < 5.0 and flags[2] == 0 and r[2] > 0.999
+    # without the correlation cut-off a bead beyond the table matches a wrong plane
+    z_any, _, _ = lookup_z(prof, zlut)
+    assert np.isfinite(z_any[:2]).any()
 
 
 def test_lookup_bin_mismatch_raises(zlut: ZLUT) -> None:

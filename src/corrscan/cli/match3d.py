@@ -1,11 +1,172 @@
-"""CLI commands of the ``match3d``  job."""
+"""CLI commands of the ``match3d`` job: ``search`` and ``peaks``.
+
+Example::
+
+    corrscan match3d search tomo.mrc template.mrc -o result/ --score FLCSphericalMask \\
+        --angular-step 15 --wedge -60,60 --lowpass 20
+    corrscan match3d peaks result/ -o particles.star --format relion5 --n-false-positives 1
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from corrscan.errors import CorrscanError
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _floats(text: str | None, name: str) -> list[float] | None:
+    if text is None:
+        return None
+    p = Path(text)
+    raw = p.read_text() if p.is_file() else text
+    try:
+        return [float(v) for v in raw.replace(",", " ").split()]
+    except ValueError:
+        raise CorrscanError(f"{name}: expected numbers separated by commas, got {text!r}") from None
+
+
+def _read(path: Path, name: str) -> tuple[Any, float | None]:
+    from corrscan.core.io import read_image
+
+    if not path.exists():
+        raise CorrscanError(f"{name} not found: {path}")
+    return read_image(path)
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``match3d`` commands to the top-level app."""
-    sub = typer.Typer(help="match3d (commands being built)", no_args_is_help=True)
+    sub = typer.Typer(
+        help="3D template matching in tomograms: search, then call peaks (pyTME's job).",
+        no_args_is_help=True,
+    )
+
+    @sub.command("search")
+    def search(
+        tomogram: Path = typer.Argument(..., help="Tomogram (.mrc/.rec/.npy, z y x)."),
+        template: Path = typer.Argument(..., help="Template map, same voxel size."),
+        output: Path = typer.Option(..., "--output", "-o", help="Result bundle folder."),
+        template_mask: Path | None = typer.Option(None, help="Template mask (default sphere)."),
+        target_mask: Path | None = typer.Option(None, help="Tomogram mask (MCC's t)."),
+        score: str = typer.Option("FLCSphericalMask", help="CC|LCC|NCC|FLCSphericalMask|FLC|MCC."),
+        angular_step: float | None = typer.Option(None, help="Covering radius, degrees."),
+        n_rotations: int | None = typer.Option(None, help="Or the size of the C1 set."),
+        symmetry: str = typer.Option("C1", help="Template symmetry C1|Cn|Dn."),
+        cone_angle: float | None = typer.Option(None, help="Restrict template z to a cone."),
+        cone_axis: str = typer.Option("0,0,1", help="Cone axis x,y,z."),
+        interpolation_order: int = typer.Option(3, help="1 (trilinear) or 3 (cubic)."),
+        pixel_size: float | None = typer.Option(None, help="Å/voxel (default: from the MRC)."),
+        lowpass: float | None = typer.Option(None, help="Low-pass cut-off, Å."),
+        highpass: float | None = typer.Option(None, help="High-pass cut-off, Å."),
+        wedge: str | None = typer.Option(None, help="Continuous wedge 'min,max' degrees."),
+        tilt_angles: str | None = typer.Option(None, help="Tilt angles 'a,b,...' or a file."),
+        tilt_axis: str = typer.Option("y", help="Tilt axis y|x."),
+        tilt_weighting: str | None = typer.Option(None, help="angle|relion|grigorieff."),
+        dose_per_tilt: float | None = typer.Option(None, help="e/Å² per tilt."),
+        defocus: str | None = typer.Option(None, help="Defocus Å (one, or one per tilt)."),
+        ctf_mode: str = typer.Option("3d", help="3d|per-tilt."),
+        ctf_correction: str = typer.Option("phase-flip", help="phase-flip|raw|wiener."),
+        voltage: float = typer.Option(300.0, help="kV."),
+        spherical_aberration: float = typer.Option(2.7, help="mm."),
+        amplitude_contrast: float = typer.Option(0.07, help="Fraction."),
+        whiten: bool = typer.Option(False, help="Whiten with the tomogram's spectrum."),
+        no_filter_target: bool = typer.Option(False, help="Do not band-pass/whiten the target."),
+        invert_contrast: bool = typer.Option(False, help="Multiply the tomogram by -1."),
+        splits: int = typer.Option(1, help="Pieces per axis of the tomogram."),
+        pad_edges: bool | None = typer.Option(None, help="Pad boxes (default: when split)."),
+        batch_size: int | None = typer.Option(None, help="Rotations per FFT call."),
+        threads: int | None = typer.Option(None, help="torch threads."),
+        device: str = typer.Option("cpu", help="cpu | cuda:N | auto."),
+        overwrite: bool = typer.Option(False, help="Replace an existing result."),
+    ) -> None:
+        """Search the tomogram for rotated copies of the template; write a result bundle."""
+        import numpy as np
+
+        from corrscan.match3d import FilterConfig, match_template
+
+        try:
+            tomo, vs = _read(tomogram, "tomogram")
+            tmpl, _ = _read(template, "template")
+            tm = None if template_mask is None else _read(template_mask, "template mask")[0]
+            gm = None if target_mask is None else _read(target_mask, "target mask")[0]
+            ps = pixel_size if pixel_size is not None else (vs or 1.0)
+            w = _floats(wedge, "--wedge")
+            if w is not None and len(w) != 2:
+                raise CorrscanError("--wedge takes two angles 'min,max'")
+            df = _floats(defocus, "--defocus")
+            cfg = FilterConfig(
+                lowpass_angstrom=lowpass, highpass_angstrom=highpass,
+                wedge=None if w is None else (w[0], w[1]),
+                tilt_angles=_floats(tilt_angles, "--tilt-angles"), tilt_axis=tilt_axis,
+                tilt_weighting=tilt_weighting, dose_per_tilt=dose_per_tilt,
+                defocus=None if df is None else (df[0] if len(df) == 1 else df),
+                ctf_mode=ctf_mode, ctf_correction=ctf_correction, voltage=voltage,
+                spherical_aberration=spherical_aberration,
+                amplitude_contrast=amplitude_contrast, whiten=whiten,
+                filter_target=not no_filter_target,
+            )  # fmt: skip
+            tomo = np.asarray(tomo, dtype=np.float32)
+            if invert_contrast:
+                tomo = -tomo
+            if output.exists() and not overwrite:
+                raise CorrscanError(f"{output} exists: pass --overwrite or choose another path")
+            axis = _floats(cone_axis, "--cone-axis")
+            res = match_template(
+                tomo, np.asarray(tmpl, dtype=np.float32), template_mask=tm, target_mask=gm,
+                score=score, angular_step=angular_step, n_rotations=n_rotations,
+                symmetry=symmetry, cone_axis=tuple(axis) if cone_angle is not None else None,
+                cone_angle=cone_angle, interpolation_order=interpolation_order, filters=cfg,
+                pixel_size=ps, target_splits=splits if splits > 1 else None,
+                pad_edges=pad_edges, batch_size=batch_size, device=device,
+                num_threads=threads,
+            )  # fmt: skip
+            res.write(output, overwrite=overwrite)
+        except (CorrscanError, ValueError) as exc:
+            _fail(exc)
+        m = res.metadata
+        typer.echo(
+            f"{output}: {m['n_rotations']} rotations, {m['seconds']:.1f} s, "
+            f"score mean {res.score_mean:.4g} std {res.score_std:.4g}"
+        )
+
+    @sub.command("peaks")
+    def peaks(
+        result: Path = typer.Argument(..., help="Result bundle from 'match3d search'."),
+        output: Path = typer.Option(..., "--output", "-o", help="Table (.csv or .star)."),
+        fmt: str = typer.Option("csv", "--format", help="csv | relion4 | relion5."),
+        method: str = typer.Option("maximum_filter", help="sort|maximum_filter|fast|recursive|"
+                                   "local_max|clustering."),
+        num_peaks: int = typer.Option(1000, help="Maximum number of peaks."),
+        min_distance: int = typer.Option(5, help="Voxels between peaks."),
+        min_boundary_distance: int = typer.Option(0, help="Voxels from the faces."),
+        min_score: float | None = typer.Option(None, help="Lowest score kept."),
+        max_score: float | None = typer.Option(None, help="Highest score kept."),
+        n_false_positives: float | None = typer.Option(
+            None, help="Raise min-score to the Gaussian cut-off for this many false positives."),
+        subvoxel: bool = typer.Option(False, help="Add parabolic sub-voxel positions."),
+        tomo_name: str = typer.Option("tomogram", help="rlnTomoName in STAR files."),
+    ) -> None:
+        """Call peaks on a search result and write the orientations table."""
+        from corrscan.match3d import MatchResult, write_table
+
+        try:
+            res = MatchResult.read(result)
+            df = res.peaks(
+                method=method, num_peaks=num_peaks, min_distance=min_distance,
+                min_boundary_distance=min_boundary_distance, min_score=min_score,
+                max_score=max_score, n_false_positives=n_false_positives, subvoxel=subvoxel,
+            )  # fmt: skip
+            write_table(df, output, fmt=fmt, tomo_name=tomo_name, pixel_size=res.pixel_size,
+                        shape=res.scores.shape)
+        except (CorrscanError, ValueError) as exc:
+            _fail(exc)
+        typer.echo(f"{output}: {len(df)} peaks")
+
     app.add_typer(sub, name="match3d")

@@ -454,6 +454,7 @@ def rotate_volume(
     order: int = 1,
     center: tuple[float, float, float] | None = None,
     prefiltered: bool = False,
+    batch_size: int | None = None,
 ) -> Any:
     """Rotate 3D maps in real space, batched over rotations.
 
@@ -480,6 +481,9 @@ def rotate_volume(
     prefiltered
         For ``order=3``: ``volume`` already holds :func:`bspline_prefilter` coefficients
         (skip the prefilter when rotating one map many times in batches).
+    batch_size
+        Rotations per interpolation call (bounds the `(batch, D, H, W, 3)` coordinate
+        temporaries); default all at once.
 
     Returns
     -------
@@ -512,9 +516,13 @@ def rotate_volume(
         torch.tensor([w // 2, h // 2, d // 2], dtype=vt.dtype, device=vt.device) - c
     )
     n = r.shape[0]
-    # source coordinates: R @ rel + c, for all rotations: (n, D, H, W, 3)
-    src = torch.einsum("nij,dhwj->ndhwi", r, rel) + c
-    out = _sample(v4, src, order)  # (n, C, D, H, W)
+    bs = n if batch_size is None else max(1, int(batch_size))
+    outs = []
+    for i in range(0, n, bs):
+        # source coordinates R @ rel + c: (b, D, H, W, 3)
+        src = torch.einsum("nij,dhwj->ndhwi", r[i : i + bs], rel) + c
+        outs.append(_sample(v4, src, order))  # (b, C, D, H, W)
+    out = torch.cat(outs) if len(outs) > 1 else outs[0]
     out = out.reshape(n, *lead, d, h, w)
     if single:
         out = out[0]

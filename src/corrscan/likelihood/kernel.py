@@ -282,7 +282,7 @@ def _default_batches(
     if full:
         per_pair += w * d * 4 * (2 if with_mask else 1)
     if dev.type == "cpu":
-        cap_i, cap_t = 64, 64
+        cap_i, cap_t = 32, 64
     else:
         cap_i, cap_t = 1024, 256
     n_t = min(n_tpl, cap_t)

@@ -24,9 +24,6 @@ searched micrograph is ``(i + D // 2, j + D // 2)``.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from corrscan.errors import FileFormatError, ResultExistsError
+from corrscan.errors import FileFormatError
 
 __all__ = ["MAP_NAMES", "MatchTemplateResult"]
 
@@ -113,55 +110,34 @@ class MatchTemplateResult:
 
     # -- I/O
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the bundle folder (MRC maps, ``metadata.json``, tables as CSV and STAR).
+        """Write the bundle folder (MRC maps with the pixel size, ``metadata.json``, tables as
+        CSV and RELION STAR) atomically (:func:`corrscan.core.io.bundle.write_bundle`).
 
         Raises :class:`ResultExistsError` if ``path`` exists and ``overwrite`` is false.
         """
-        import mrcfile
+        from corrscan.core.io.bundle import write_bundle
+        from corrscan.match2d.peaks import star_table
 
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise ResultExistsError(f"{path} exists: pass overwrite=True or choose another path")
-        tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        for name, m in self.maps.items():
-            with mrcfile.new(tmp / f"{name}.mrc", overwrite=True) as f:
-                f.set_data(np.ascontiguousarray(m.numpy().astype(np.float32)))
-                f.voxel_size = self.pixel_size
-        for name, df in self.tables.items():
-            df.to_csv(tmp / f"{name}.csv", index=False)
-            try:
-                from corrscan.match2d.peaks import write_star
-
-                write_star(df, tmp / f"{name}.star", pixel_size=self.pixel_size)
-            except Exception:  # pragma: no cover - STAR is a convenience copy
-                pass
-        (tmp / "metadata.json").write_text(json.dumps(_jsonable(self.metadata), indent=2))
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-        return path
+        star = {name: star_table(df) for name, df in self.tables.items() if "pos_x_img" in df}
+        return write_bundle(
+            path,
+            maps={k: v.numpy() for k, v in self.maps.items()},
+            metadata=_jsonable(self.metadata),
+            voxel_size=self.pixel_size,
+            tables=self.tables,
+            overwrite=overwrite,
+            star=star or False,
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> MatchTemplateResult:
         """Read a bundle written by :meth:`save`."""
-        import mrcfile
+        from corrscan.core.io.bundle import read_bundle
 
-        path = Path(path)
-        meta_file = path / "metadata.json"
-        if not meta_file.is_file():
-            raise FileFormatError(f"{path} is not a match2d result bundle (no metadata.json)")
-        metadata = json.loads(meta_file.read_text())
-        maps = {}
-        for name in MAP_NAMES:
-            f = path / f"{name}.mrc"
-            if f.is_file():
-                with mrcfile.open(f, permissive=True) as m:
-                    maps[name] = torch.from_numpy(np.array(m.data, dtype=np.float32))
+        b = read_bundle(path)
+        metadata = dict(b.metadata.get("metadata", b.metadata))
+        maps = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in b.maps.items()}
         missing = [n for n in ("mip", "scaled_mip") if n not in maps]
-        if missing:
-            raise FileFormatError(f"{path}: missing maps {missing}")
-        tables = {p.stem: pd.read_csv(p) for p in path.glob("*.csv")}
-        return cls(maps=maps, metadata=metadata, tables=tables)
+        if missing or "template_box" not in metadata:
+            raise FileFormatError(f"{path} is not a match2d result bundle (missing {missing})")
+        return cls(maps=maps, metadata=metadata, tables=dict(b.tables))

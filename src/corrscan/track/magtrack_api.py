@@ -571,7 +571,11 @@ def stack_to_xyzp(stack: Any, zlut: Any = None) -> tuple[Any, Any, Any, Any]:
             )
         else:
             table = ZLUT.from_magtrack(lut)
-    cfg = TrackConfig(n_bins=n_bins, dtype="float64" if img.dtype == torch.float64 else "float32")
+    cfg = TrackConfig(
+        n_bins=n_bins,
+        dtype="float64" if img.dtype == torch.float64 else "float32",
+        min_correlation=-1.0,  # MagTrack returns the best match whatever its correlation
+    )
     out = track_kernel(
         img.to(torch.float64 if cfg.dtype == "float64" else torch.float32), cfg, table
     )

@@ -70,7 +70,12 @@ class TrackConfig(Config):
     samples_per_px: float = Field(1.0, gt=0, description="Angular samples per px of arc.")
     lut_upsample: int = Field(10, ge=1, le=100, description="Spline sub-planes per LUT step.")
     min_correlation: float = Field(
-        -1.0, ge=-1, le=1, description="z is NaN below this best-plane correlation."
+        0.98,
+        ge=-1,
+        le=1,
+        description="z is NaN (Z_LOW_CORRELATION) below this best-plane correlation: catches "
+        "beads beyond the table's z range, which otherwise match a wrong plane (in-range "
+        "simulated beads give r >= 0.99 even at 30 photons/px; lower it for poor tables).",
     )
     dtype: Literal["float32", "float64"] = Field("float32", description="Compute precision.")
     batch_size: int | None = Field(
