@@ -20,7 +20,6 @@ WEDGE = (-60.0, 60.0)
 @pytest.fixture(scope="module")
 def planted():
     """4 copies at grid rotations perturbed by ~4 degrees, missing wedge, noise."""
-    torch.set_num_threads(1)
     grid = rotation_set(angular_step=STEP).numpy().astype(np.float64)
     rng = np.random.default_rng(11)
     pick = rng.choice(len(grid), 4, replace=False)

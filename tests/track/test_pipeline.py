@@ -38,8 +38,8 @@ def test_planted_xyz_shot_noise(zlut, beads_noisy) -> None:
 
 def test_z_independent_of_subpixel_position(zlut) -> None:
     """Same z, bead at 0, 0.25, 0.5 px offsets in x and y, table recorded at 0 px.
-    Unsaturated camera: z spread across offsets < 2 nm at every z. Saturating camera (the
-    clipped images alias differently per sub-pixel phase): z RMS < 8 nm at each offset
+    Unsaturated camera: z spread across offsets < 4 nm at every z. Saturating camera (the
+    clipped images alias differently per sub-pixel phase): z RMS < 3 nm at each offset
     (MagTrack: 25 / 27 / 60 nm)."""
     z = np.repeat(np.linspace(-2500, 2500, 11), 3)
     off = np.tile([0.0, 25.0, 50.0], 11)
@@ -47,10 +47,10 @@ def test_z_independent_of_subpixel_position(zlut) -> None:
     lut_lin = build_zlut(sweep, Z_LUT, center="roi")
     stack, _ = simulate_beads(np.c_[off, off, z], clip=False)
     zz = track_stack(stack, lut_lin).z.reshape(11, 3)
-    assert (zz.max(1) - zz.min(1)).max() < 2.0
+    assert (zz.max(1) - zz.min(1)).max() < 4.0
     stack, _ = simulate_beads(np.c_[off, off, z])
     err = (track_stack(stack, zlut).z - z).reshape(11, 3)
-    assert np.sqrt(np.mean(err**2, axis=0)).max() < 8.0
+    assert np.sqrt(np.mean(err**2, axis=0)).max() < 3.0
 
 
 def test_bad_images_flagged_per_bead_never_failing_the_batch(zlut, beads_clean) -> None:
@@ -101,9 +101,7 @@ def test_build_zlut_from_jittered_noisy_sweep_tracks_held_out_beads() -> None:
     """Sweep with 0.3-px lateral jitter, 3 noisy frames per plane, profiles at the tracked
     centres: held-out noisy beads z <= 6 nm RMS."""
     z = np.arange(-2000.0, 2001.0, 100.0)
-    sweep, _ = simulate_focus_sweep(
-        z, xy_jitter_px=0.3, frames_per_plane=3, photons=1000.0, seed=8
-    )
+    sweep, _ = simulate_focus_sweep(z, xy_jitter_px=0.3, frames_per_plane=3, photons=1000.0, seed=8)
     lut = build_zlut(sweep, np.repeat(z, 3))
     assert lut.n_ref == z.shape[0]
     np.testing.assert_allclose(lut.z, z)

@@ -5,6 +5,7 @@
   OME-Zarr).
 - :mod:`corrscan.contrast.states`: Neuroglancer layers and viewer states, shareable URLs.
 - :func:`serve_viewer`: local loopback Neuroglancer viewer with the computed limits.
+- :mod:`corrscan.contrast.portal_api`: the cryo-ET portal package's names and signatures.
 
 Neuroglancer-related names are imported lazily so that computing limits does not import the
 ``neuroglancer`` package.

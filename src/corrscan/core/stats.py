@@ -212,10 +212,13 @@ def reduce_batch(x: torch.Tensor, *, maxima: bool = True, sums: bool = True) -> 
         out["max"] = x.amax(0)
     if sums:
         shape = tuple(x.shape[1:])
-        s1 = torch.empty(shape, dtype=x.dtype, device=x.device)
-        s2 = torch.empty(shape, dtype=x.dtype, device=x.device)
         per_row = x.shape[0] * x.element_size() * max(1, math.prod(shape[1:]))
         rows = max(1, REDUCE_CHUNK_BYTES // per_row)
+        if rows >= shape[0]:
+            out["s1"], out["s2"] = batch_sum(x), batch_sum_of_squares(x)
+            return out
+        s1 = torch.empty(shape, dtype=x.dtype, device=x.device)
+        s2 = torch.empty(shape, dtype=x.dtype, device=x.device)
         for r0 in range(0, shape[0], rows):
             sl = slice(r0, min(shape[0], r0 + rows))
             xc = x[:, sl]

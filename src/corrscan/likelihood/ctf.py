@@ -128,7 +128,7 @@ def ctf_at(
     k2 = kxt**2 + kyt**2
     alpha = torch.atan2(kyt, kxt)
     p = params
-    lam = t(electron_wavelength(np.asarray(p.voltage)))
+    lam = t(electron_wavelength(np.array(p.voltage, dtype=np.float64)))
     du, dv = t(p.defocus_u), t(p.defocus_v)
     ang = torch.deg2rad(t(p.astigmatism_angle))
     dz = 0.5 * (du + dv) + 0.5 * (du - dv) * torch.cos(2.0 * (alpha - ang))

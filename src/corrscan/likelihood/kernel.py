@@ -408,7 +408,7 @@ def search(
         level=level, cross_correlation=out["cc"], displacements=disp, rotations=rotations
     )
     if "di" in out:
-        res.displacement_x = torch.from_numpy(disp[:, 0])[out["di"]].to(f32)
+        res.displacement_x = torch.from_numpy(disp[:, 0])[out["di"]].to(f32)  # Å
         res.displacement_y = torch.from_numpy(disp[:, 1])[out["di"]].to(f32)
     if "wi" in out:
         res.inplane_rotation = torch.from_numpy(rotations)[out["wi"]].to(f32)
@@ -432,7 +432,7 @@ def search(
             images,
             templates,
             out["si"],
-            np.stack([disp[out["di"], 0], disp[out["di"], 1]], 1),
+            disp[out["di"].numpy()],
             out["wi"],
             device=dev,
             precision=precision,

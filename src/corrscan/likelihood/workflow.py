@@ -41,6 +41,7 @@ import torch
 from pydantic import Field
 
 from corrscan.core.config import Config
+from corrscan.core.progress import track
 from corrscan.errors import FileFormatError, InputError
 from corrscan.likelihood.grid import (
     PolarGrid,
@@ -388,7 +389,8 @@ def run_likelihood_optimal_pose(
     atomic_save(torch.from_numpy(disp), out / "displacements_set.pt")
     want_ll = return_likelihood_integrated_pose_fourier
     written = []
-    for path in file_config.particle_files:
+    stacks = track(file_config.particle_files, description="likelihood", unit="stack")
+    for path in stacks:
         k = _stack_index(path)
         files = {
             "cc": root / "optimal_pose" / _stack_name("cross_correlation", k),

@@ -106,7 +106,7 @@ class DefocusSearchConfig(Config):
         """`(n_defocus,)` float64 relative defocus values in Å, sorted."""
         if not self.enabled:
             return torch.zeros(1, dtype=torch.float64)
-        n = int(math.floor((self.defocus_max - self.defocus_min) / self.defocus_step + 1e-9)) + 1
+        n = math.floor((self.defocus_max - self.defocus_min) / self.defocus_step + 1e-9) + 1
         v = self.defocus_min + self.defocus_step * torch.arange(n, dtype=torch.float64)
         if not self.skip_enforce_zero and not bool((v.abs() < 1e-6).any()):
             v = torch.sort(torch.cat([v, torch.zeros(1, dtype=torch.float64)])).values
@@ -127,7 +127,7 @@ class PixelSizeSearchConfig(Config):
         if not self.enabled or self.pixel_size_step <= 0:
             return torch.zeros(1, dtype=torch.float64)
         step = self.pixel_size_step
-        n = int(math.floor((self.pixel_size_max - self.pixel_size_min) / step + 1e-9)) + 1
+        n = math.floor((self.pixel_size_max - self.pixel_size_min) / step + 1e-9) + 1
         v = self.pixel_size_min + step * torch.arange(n, dtype=torch.float64)
         if not self.skip_enforce_zero and not bool((v.abs() < 1e-9).any()):
             v = torch.sort(torch.cat([v, torch.zeros(1, dtype=torch.float64)])).values

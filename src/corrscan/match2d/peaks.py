@@ -465,10 +465,8 @@ def star_table(df: pd.DataFrame, *, pixel_size: float | None = None) -> pd.DataF
             "rlnAngleRot": col("phi"),
             "rlnAngleTilt": col("theta"),
             "rlnAnglePsi": col("psi"),
-            "rlnDefocusU": df["defocus_u"]
-            + (col("relative_defocus") - df["relative_defocus"]),
-            "rlnDefocusV": df["defocus_v"]
-            + (col("relative_defocus") - df["relative_defocus"]),
+            "rlnDefocusU": df["defocus_u"] + (col("relative_defocus") - df["relative_defocus"]),
+            "rlnDefocusV": df["defocus_v"] + (col("relative_defocus") - df["relative_defocus"]),
             "rlnDefocusAngle": df["astigmatism_angle"],
             "rlnVoltage": df["voltage"],
             "rlnSphericalAberration": df["spherical_aberration"],

@@ -26,8 +26,8 @@ from corrscan.match2d.config import PreprocessingFilters
 
 __all__ = [
     "combined_filter",
-    "noise_power_grid",
     "leopard_num_bins",
+    "noise_power_grid",
     "rfft_weights",
     "whiten_micrograph",
 ]

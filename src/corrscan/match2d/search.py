@@ -340,7 +340,7 @@ def _correlate_batch(plan: SearchPlan, state: _FusedState, start: int, stop: int
 def _bytes_per_orientation(plan_shape: tuple[int, int], box: int, n_def: int, chunk: int) -> int:
     """Working memory of one orientation in a batch (projection, slice) plus the chunk buffers
     amortised (they do not grow with the batch)."""
-    h, w = plan_shape
+    _h, _w = plan_shape
     return 4 * box * box * 4 + 8 * box * (box // 2 + 1) * 2
 
 
@@ -464,9 +464,12 @@ def match_template(
                 f"({2 * pixel_size} Å) to crop anything"
             )
         f = 2 * pixel_size / resolution_limit
-        new_box = max(8, int(round(box * f)))
+        new_box = max(8, round(box * f))
         f = new_box / box
-        new_img = (max(new_box, int(round(img.shape[0] * f))), max(new_box, int(round(img.shape[1] * f))))
+        new_img = (
+            max(new_box, round(img.shape[0] * f)),
+            max(new_box, round(img.shape[1] * f)),
+        )
         from corrscan.core.fourier import fourier_crop
 
         img = fourier_crop(img, new_img).to(torch.float32)
@@ -493,7 +496,9 @@ def match_template(
     spectrum, phi_img = whiten_micrograph(img_d, preprocessing, pixel_size=pixel_size)
     tpl = prepare_template(vol.to(dev0), compute.template_oversampling)
     if compute.ctf_placement == "micrograph":
-        g = template_filters((h_img, w_img), optics, defocus.to(dev0), phi_img, pixel_size=pixel_size)
+        g = template_filters(
+            (h_img, w_img), optics, defocus.to(dev0), phi_img, pixel_size=pixel_size
+        )
         filters = spectrum[None] * g
         wts = rfft_weights((h_img, w_img), device=dev0).clone()
         wts[0, 0] = 0
@@ -734,5 +739,3 @@ def _finish(
         "optics_group": optics.model_dump(mode="json"),
     }
     return MatchTemplateResult(maps=maps, metadata=meta)
-
-

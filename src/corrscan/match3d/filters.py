@@ -33,7 +33,6 @@ plane ``k . b = 0`` of Fourier space.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import numpy as np
@@ -41,6 +40,7 @@ import torch
 from pydantic import Field
 
 from corrscan.core.config import Config
+from corrscan.core.ctf import ctf_1d
 from corrscan.core.fourier import bandpass_filter, fftfreq_grid, whitening_filter
 from corrscan.errors import InputError
 
@@ -164,16 +164,17 @@ def tilt_weights(
 
 
 def _ctf_radial(k_angstrom: torch.Tensor, defocus: torch.Tensor, cfg: FilterConfig) -> torch.Tensor:
-    """Isotropic CTF at ``|k|`` (1/Å) for defoci ``(T,)`` -> ``(T, *k.shape)`` (own formula)."""
-    v = cfg.voltage * 1e3
-    lam = 12.2642598 / math.sqrt(v * (1.0 + 0.978466e-6 * v))  # Å
-    cs = cfg.spherical_aberration * 1e7
-    k2 = k_angstrom.to(torch.float64) ** 2
-    df = defocus.to(torch.float64).reshape((-1,) + (1,) * k_angstrom.ndim)
-    chi = math.pi * lam * df * k2 - 0.5 * math.pi * cs * lam**3 * k2**2
-    chi = chi + math.radians(cfg.phase_shift)
-    a = cfg.amplitude_contrast
-    return -(math.sqrt(1.0 - a * a) * torch.sin(chi) + a * torch.cos(chi))
+    """Isotropic CTF at ``|k|`` (1/Å) for defoci ``(T,)`` Å -> ``(T, *k.shape)``.
+
+    Evaluated with :func:`corrscan.core.ctf.ctf_1d` (corrscan's CTF sign convention).
+    """
+    flat = k_angstrom.reshape(-1).to(torch.float64)
+    ctf = ctf_1d(
+        flat, pixel_size=1.0, defocus=defocus.to(torch.float64).reshape(-1),
+        voltage=cfg.voltage, spherical_aberration=cfg.spherical_aberration,
+        amplitude_contrast=cfg.amplitude_contrast, phase_shift=cfg.phase_shift,
+    )  # fmt: skip
+    return torch.as_tensor(ctf).reshape(-1, *k_angstrom.shape)
 
 
 def _correct(ctf: torch.Tensor, k_angstrom: torch.Tensor, cfg: FilterConfig) -> torch.Tensor:

@@ -193,7 +193,9 @@ def match_template(
     device
         ``"cpu"``, ``"cuda:N"`` or ``"auto"``.
     num_threads
-        torch intra-op threads during the search (``None``: leave as is).
+        torch intra-op threads during the search. ``None``: 1 for small FFT boxes (below
+        ``96^3`` voxels, where threading costs more than it saves, badly so on a loaded
+        machine), else torch's current setting.
     progress
         Progress bar (default: on for a terminal).
 
@@ -318,6 +320,10 @@ def match_template(
 
     analyzers: list[MaxScoreOverRotations] = []
     n_batches = sum(math.ceil((b - a) / batch_size) for a, b in chunks) * len(boxes)
+    if num_threads is None and dev.type == "cpu":
+        biggest = max(math.prod(next_fast_len(b - a + l_ + h_) for a, b, l_, h_ in
+                                zip(st, sp, lo, hi, strict=True)) for st, sp in boxes)
+        num_threads = 1 if biggest < 96**3 else None
     with _threads(num_threads):
         bar = track(range(n_batches), total=n_batches * batch_size, description="match3d",
                     unit="rot", scale=batch_size, enabled=progress)

@@ -62,7 +62,7 @@ def example_template(
     ax = np.arange(size) - size // 2
     zz, yy, xx = np.meshgrid(ax, ax, ax, indexing="ij")
     vol = np.zeros((size, size, size))
-    rad = int(math.ceil(3.5 * atom_sigma))
+    rad = math.ceil(3.5 * atom_sigma)
     for (x, y, z), w in zip(xyz, weights, strict=True):
         iz, iy, ix = round(z) + size // 2, round(y) + size // 2, round(x) + size // 2
         sl = (
@@ -220,7 +220,9 @@ def simulate_micrograph(
             canvas = torch.zeros(h, w, dtype=torch.float64)
             y0, x0 = int(pos[i, 0]) - d // 2, int(pos[i, 1]) - d // 2
             ys, xs = slice(max(y0, 0), min(y0 + d, h)), slice(max(x0, 0), min(x0 + d, w))
-            canvas[ys, xs] = proj[i, ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0].double()
+            canvas[ys, xs] = proj[
+                i, ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0
+            ].double()
             spec += ctf[i] * torch.fft.rfft2(canvas)
     image = torch.fft.irfft2(-signal_scale * spec, s=(h, w))
     gen = torch.Generator().manual_seed(int(seed))

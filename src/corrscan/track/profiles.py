@@ -3,10 +3,17 @@
 The radial profile is the azimuthal mean of the image on circles of radius
 ``rho_b = b / oversample`` pixels around the centre ``(x, y)``, ``b = 0 ... n_bins - 1``. Each
 circle is sampled at about ``samples_per_px`` points per pixel of arc (at least 8; one point
-for ``rho = 0``) by bilinear interpolation, with the angles of successive circles offset by
-the golden angle so that the samples do not line up with the pixel grid. The profile is
-therefore a smooth function of the centre: it does not jump when the centre crosses a pixel
-boundary (nearest-bin histograms do, which makes z depend on the sub-pixel bead position).
+for ``rho = 0``), with the angles of successive circles offset by the golden angle so that the
+samples do not line up with the pixel grid.
+
+Sub-pixel centres: each image is first moved by the fractional part of its centre with an
+exact Fourier (phase-ramp) shift, so that the bead sits on the pixel ``(round(x), round(y))``;
+the circles are then sampled by bilinear interpolation around that pixel. The sample
+geometry, and so the small smoothing of bilinear interpolation, is then the same for every
+bead and for the Z-LUT, whatever the sub-pixel position: z does not depend on it (a
+nearest-bin histogram, as in MagTrack, jumps when the centre crosses a pixel boundary; plain
+bilinear sampling at the sub-pixel centre smooths fine rings differently per phase).
+``fourier_shift=False`` samples at the sub-pixel centre directly (no FFT).
 
 Samples that fall outside the image are left out; ``counts`` gives the number of samples
 kept per circle (the statistical weight of that bin; 0 means the bin is NaN).
@@ -75,6 +82,7 @@ def radial_kernel(
     oversample: int = 1,
     samples_per_px: float = 1.0,
     return_score: bool = False,
+    fourier_shift: bool = True,
 ) -> Any:
     """Radial profiles (torch only): ``img`` `(n, H, W)`, ``x``, ``y`` `(n,)` finite.
 
@@ -89,6 +97,18 @@ def radial_kernel(
     dx, dy, member = polar_plan(
         n_bins, oversample, samples_per_px, device=img.device, dtype=img.dtype
     )
+    if fourier_shift:
+        xi, yi = torch.round(x), torch.round(y)
+        fx, fy = x - xi, y - yi
+        if bool(((fx != 0) | (fy != 0)).any()):
+            spec = torch.fft.rfft2(img)
+            ky = torch.fft.fftfreq(h, device=img.device, dtype=img.dtype)
+            kx = torch.fft.rfftfreq(w, device=img.device, dtype=img.dtype)
+            phase = (2.0 * math.pi) * (
+                ky[None, :, None] * fy[:, None, None] + kx[None, None, :] * fx[:, None, None]
+            )
+            img = torch.fft.irfft2(spec * torch.polar(torch.ones_like(phase), phase), s=(h, w))
+        x, y = xi, yi
     # normalised grid_sample coordinates (align_corners=True): -1 at pixel 0, +1 at pixel W-1
     sx, sy = 2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)
     base = torch.stack([dx * sx, dy * sy], dim=-1)  # (S, 2)
@@ -121,6 +141,7 @@ def radial_profile(
     oversample: int = 1,
     samples_per_px: float = 1.0,
     return_counts: bool = False,
+    fourier_shift: bool = True,
 ) -> Any:
     """Azimuthally averaged intensity around sub-pixel centres (see the module docstring).
 
@@ -138,6 +159,9 @@ def radial_profile(
         Angular samples per pixel of arc length.
     return_counts
         Also return the samples kept per bin.
+    fourier_shift
+        Move each image by the fractional part of its centre (exact phase-ramp shift) and
+        sample around the nearest pixel (default); ``False`` samples at the sub-pixel centre.
 
     Returns
     -------
@@ -164,7 +188,9 @@ def radial_profile(
     good = torch.isfinite(xt) & torch.isfinite(yt)
     xs = torch.where(good, xt, torch.zeros_like(xt))
     ys = torch.where(good, yt, torch.zeros_like(yt))
-    prof, counts = radial_kernel(img, xs, ys, nb, int(oversample), samples_per_px)
+    prof, counts = radial_kernel(
+        img, xs, ys, nb, int(oversample), samples_per_px, fourier_shift=fourier_shift
+    )
     prof = torch.where(good[:, None], prof, torch.full_like(prof, float("nan")))
     counts = torch.where(good[:, None], counts, torch.zeros_like(counts))
     prof = prof.reshape(*lead, nb)
