@@ -429,7 +429,7 @@ class MaxAccumulator:
             nb = int(cand.sum())
             if nb == 0:
                 return
-            if nb * 8 <= cand.numel():
+            if nb * 3 <= cand.numel():
                 coords = cand.nonzero(as_tuple=True)
                 xs = x[(slice(None), *coords)]  # (B, nb) gather
                 ms = bmax[coords]

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["plot_maps", "plot_survival", "plot_result"]
+__all__ = ["plot_maps", "plot_result", "plot_survival"]
 
 
 def plot_maps(result: Any, particles: pd.DataFrame | None, path: str | Path) -> Path:

@@ -47,6 +47,26 @@ __all__ = [
 ]
 
 
+_FUSED: dict[str, Any] = {}
+
+
+def _fused_update(scores, scale, cur, rot, idx):  # noqa: ANN001, ANN202 (compiled kernel)
+    """One pass: scale, strict-greater max update, index update, sum and sum of squares."""
+    s = scores * scale
+    take = s > cur
+    cur.copy_(torch.where(take, s, cur))
+    rot.copy_(torch.where(take, idx, rot))
+    return s.sum(), (s * s).sum()
+
+
+def _fused_kernel():  # noqa: ANN202
+    k = _FUSED.get("update")
+    if k is None:
+        k = torch.compile(_fused_update, dynamic=False, fullgraph=True)
+        _FUSED["update"] = k
+    return k
+
+
 def _key(matrix: np.ndarray) -> bytes:
     return np.ascontiguousarray(np.asarray(matrix, dtype=np.float32).reshape(3, 3)).tobytes()
 
@@ -142,6 +162,10 @@ class MaxScoreOverRotations:
         self._matrices: dict[int, np.ndarray] = {}
         # exact per-rotation statistics over the reported region: index -> [sum, sumsq, count]
         self._stats: dict[int, list[float]] = {}
+        self._take: torch.Tensor | None = None
+        #: use a ``torch.compile``-fused update kernel (one pass instead of ~6; set by
+        #: ``match_template`` for large CPU searches; falls back to eager if compiling fails)
+        self.fused = False
 
     # ------------------------------------------------------------------ updates
     def _register(self, matrix: np.ndarray) -> int:
@@ -185,6 +209,7 @@ class MaxScoreOverRotations:
         scores: torch.Tensor,
         indices: torch.Tensor,
         matrices: torch.Tensor | np.ndarray | None = None,
+        scale: torch.Tensor | None = None,
     ) -> None:
         """Batched update with caller-given rotation indices (the fast path of the search).
 
@@ -197,6 +222,10 @@ class MaxScoreOverRotations:
             earlier rotation).
         matrices
             ``(B, 3, 3)`` matrices to record in ``rotation_mapping`` (optional if registered).
+        scale
+            Optional ``(*shape)`` factor applied to every score map first (the local
+            normalisation of FLCSphericalMask, fused into the update). ``scores`` may be
+            overwritten.
         """
         if matrices is not None:
             mats = np.asarray(
@@ -209,30 +238,53 @@ class MaxScoreOverRotations:
                     self._keys[_key(m)] = i
         if self._lock is not None:
             with self._lock:
-                self._update(scores, indices)
+                self._update(scores, indices, scale)
         else:
-            self._update(scores, indices)
+            self._update(scores, indices, scale)
 
-    def _update(self, scores: torch.Tensor, indices: torch.Tensor) -> None:
+    def _update(
+        self, scores: torch.Tensor, indices: torch.Tensor, scale: torch.Tensor | None = None
+    ) -> None:
         b = scores.shape[0]
-        dims = tuple(range(1, scores.ndim))
-        sums = torch.sum(scores, dim=dims, dtype=torch.float64).tolist()
-        sqs = (torch.linalg.vector_norm(scores, dim=dims, dtype=torch.float64) ** 2).tolist()
         n = math.prod(self.shape)
+        if self.fused and b == 1:
+            try:
+                one = scale if scale is not None else torch.ones((), dtype=scores.dtype)
+                idx = torch.tensor(int(indices[0]), dtype=torch.int32)
+                s1, s2 = _fused_kernel()(scores[0], one, self._scores, self._rotations, idx)
+                st = self._stats.setdefault(int(indices[0]), [0.0, 0.0, 0])
+                st[0] += float(s1)
+                st[1] += float(s2)
+                st[2] += n
+                return
+            except Exception as exc:  # pragma: no cover - depends on the compiler toolchain
+                import warnings
+
+                warnings.warn(f"fused analyzer kernel unavailable ({exc}); using eager torch",
+                              RuntimeWarning, stacklevel=3)
+                self.fused = False
+        if scale is not None:
+            scores = scores.mul_(scale)
+        dims = tuple(range(1, scores.ndim))
+        # float32 passes (float64 conversions cost ~10x more on CPU); summed in float64 below
+        sums = torch.sum(scores, dim=dims).double().tolist()
+        sqs = (torch.linalg.vector_norm(scores, dim=dims).double() ** 2).tolist()
         for i, s1, s2 in zip(indices.tolist(), sums, sqs, strict=True):
             st = self._stats.setdefault(int(i), [0.0, 0.0, 0])
             st[0] += s1
             st[1] += s2
             st[2] += n
         cur, rot = self._scores, self._rotations
+        if self._take is None:
+            self._take = torch.empty(self.shape, dtype=torch.bool)
         if b == 1:
             best = scores[0]
-            take = torch.gt(best, cur)
+            take = torch.gt(best, cur, out=self._take)
             torch.maximum(cur, best, out=cur)
             rot.masked_fill_(take, int(indices[0]))
             return
         best, arg = torch.max(scores, dim=0)  # first maximum = earliest batch item
-        take = torch.gt(best, cur)
+        take = torch.gt(best, cur, out=self._take)
         torch.maximum(cur, best, out=cur)
         idx = indices.to(torch.int32)[arg]
         torch.where(take, idx, rot, out=rot)

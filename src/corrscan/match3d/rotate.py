@@ -16,6 +16,8 @@ the matching loop (one prepared object per template, no per-call set-up).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -69,7 +71,17 @@ class TemplateRotator:
         )
         c = torch.tensor([s // 2 for s in self.shape], dtype=torch.float32, device=self.device)
         self._center_xyz = c.flip(0)
-        self._points = torch.stack([xx, yy, zz], dim=-1).reshape(-1, 3) - self._center_xyz
+        pts = torch.stack([xx, yy, zz], dim=-1).reshape(-1, 3) - self._center_xyz
+        # only output voxels within the template's support radius (+ interpolation reach) can
+        # be non-zero: evaluate those, the rest of the box stays 0
+        mag = volume.abs().reshape(-1).to(torch.float32)
+        r = torch.linalg.vector_norm(pts, dim=-1)
+        nz = mag > 1e-7 * float(mag.max()) if float(mag.max()) > 0 else mag > 0
+        reach = float(r[nz].max()) + (3.0 if order == 3 else 2.0) if bool(nz.any()) else 0.0
+        keep = r <= reach
+        self._all = bool(keep.all())
+        self._keep = torch.nonzero(keep).reshape(-1)
+        self._points = pts[keep]
 
     def _source_coords(self, rotations: torch.Tensor) -> torch.Tensor:
         """``(B, S^3, 3)`` (x, y, z) source positions in source-array index units."""
@@ -80,15 +92,25 @@ class TemplateRotator:
         """Rotated templates ``(B, D, H, W)`` float32 for ``rotations`` ``(B, 3, 3)``."""
         if rotations.ndim == 2:
             rotations = rotations[None]
+        vals = self._values(rotations)
+        b = vals.shape[0]
+        if self._all:
+            return vals.reshape(b, *self.shape)
+        out = torch.zeros((b, math.prod(self.shape)), dtype=vals.dtype, device=self.device)
+        out[:, self._keep] = vals
+        return out.reshape(b, *self.shape)
+
+    def _values(self, rotations: torch.Tensor) -> torch.Tensor:
+        """``(B, P)`` values at the kept output voxels."""
         b = rotations.shape[0]
         coords = self._source_coords(rotations)
         src = self._source[None, None].expand(b, 1, *self._source.shape)
         if self.order == 1:
-            grid = (coords * self._norm - 1.0).reshape(b, *self.shape, 3)
+            grid = (coords * self._norm - 1.0).reshape(b, -1, 1, 1, 3)
             out = F.grid_sample(
                 src, grid, mode="bilinear", padding_mode="zeros", align_corners=True
             )
-            return out[:, 0]
+            return out.reshape(b, -1)
         # per axis: two trilinear positions h0, h1 and weights g0, g1 = 1 - g0
         i = torch.floor(coords)
         t = coords - i
@@ -110,8 +132,7 @@ class TemplateRotator:
             * g[:, :, 0].reshape(b, 1, 1, 2, n)
         ).reshape(b, 8, n)
         vals = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        out = torch.einsum("bkn,bkn->bn", vals.reshape(b, 8, n), wts)
-        return out.reshape(b, *self.shape)
+        return torch.einsum("bkn,bkn->bn", vals.reshape(b, 8, n), wts)
 
 
 def rotate_volume_reference(volume: np.ndarray, rotation: np.ndarray, order: int = 3) -> np.ndarray:

@@ -5,10 +5,11 @@ Conventions (same as :mod:`corrscan.core.rotations`):
 * A rotation matrix ``R`` acts on column vectors ``(x, y, z)``.
 * Matching "at rotation ``R``" correlates the target with the template rotated by ``R`` about
   its centre index ``S // 2``: ``g_R(x) = g(R^T (x - c) + c)``.
-* Euler angles are ZYZ ``(phi, theta, psi)`` in degrees with ``E(phi, theta, psi) =
-  Rz(psi) @ Ry(theta) @ Rz(phi)`` (RELION ``rot, tilt, psi``). A particle that looks like the
-  template rotated by ``R`` is written to STAR files with the angles of ``R^T`` (RELION maps
-  particle coordinates to reference coordinates); see :func:`matrices_to_relion_euler`.
+* Euler angles (``rot, tilt, psi``) follow :mod:`corrscan.core.rotations` (RELION's angles;
+  ``core.euler_to_matrix(angles) = Rz(rot) Ry(tilt) Rz(psi)`` samples the reference at rotated
+  coordinates, ``V(R r)``). Our template rotation ``M`` is active (``g(M^T r)``), so a particle
+  that looks like the template rotated by ``M`` has the RELION angles of ``R = M^T``; see
+  :func:`matrices_to_relion_euler`.
 
 The near-uniform SO(3) sets are super-Fibonacci spirals (Alexa 2022): deterministic, any size,
 no data files. The size for an angular step is chosen so that the covering radius (largest
@@ -62,48 +63,50 @@ def _ry(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def euler_to_matrix(angles: np.ndarray) -> np.ndarray:
-    """ZYZ Euler angles ``(..., 3)`` ``[phi, theta, psi]`` (degrees) to ``(..., 3, 3)``.
-
-    ``R = Rz(psi) @ Ry(theta) @ Rz(phi)`` (float64 NumPy).
-    """
+def _zyz_active(angles: np.ndarray) -> np.ndarray:
+    """``Rz(c) @ Ry(b) @ Rz(a)`` for ``(..., 3)`` ``[a, b, c]`` degrees (internal)."""
     a = np.deg2rad(np.asarray(angles, dtype=np.float64))
     return _rz(a[..., 2]) @ _ry(a[..., 1]) @ _rz(a[..., 0])
 
 
-def matrix_to_euler(matrices: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`euler_to_matrix`: ``(..., 3, 3)`` -> ``(..., 3)`` degrees.
-
-    ``theta`` in ``[0, 180]``, ``phi`` and ``psi`` in ``(-180, 180]``; for ``theta`` 0 or 180
-    the whole in-plane angle is put in ``psi``.
-    """
+def _zyz_active_angles(matrices: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_zyz_active`: ``(..., 3)`` ``[a, b, c]``, ``b`` in [0, 180]."""
     r = np.asarray(matrices, dtype=np.float64)
-    theta = np.arccos(np.clip(r[..., 2, 2], -1.0, 1.0))
-    sin_t = np.sin(theta)
-    gimbal = sin_t < 1e-6
-    phi = np.arctan2(r[..., 2, 1], -r[..., 2, 0])
-    psi = np.arctan2(r[..., 1, 2], r[..., 0, 2])
-    # gimbal lock: R = Rz(psi + phi) (theta 0) or Rz(psi - phi) Ry(pi) (theta 180)
-    psi_g = np.where(r[..., 2, 2] > 0, np.arctan2(r[..., 1, 0], r[..., 0, 0]),
-                     np.arctan2(-r[..., 1, 0], -r[..., 0, 0]))
-    phi = np.where(gimbal, 0.0, phi)
-    psi = np.where(gimbal, psi_g, psi)
-    out = np.rad2deg(np.stack([phi, theta, psi], axis=-1))
-    out[..., 0] = np.where(out[..., 0] <= -180.0, out[..., 0] + 360.0, out[..., 0])
-    out[..., 2] = np.where(out[..., 2] <= -180.0, out[..., 2] + 360.0, out[..., 2])
-    return out
+    b = np.arccos(np.clip(r[..., 2, 2], -1.0, 1.0))
+    gimbal = np.sin(b) < 1e-6
+    a = np.arctan2(r[..., 2, 1], -r[..., 2, 0])
+    c = np.arctan2(r[..., 1, 2], r[..., 0, 2])
+    c_g = np.where(r[..., 2, 2] > 0, np.arctan2(r[..., 1, 0], r[..., 0, 0]),
+                   np.arctan2(-r[..., 1, 0], -r[..., 0, 0]))
+    a = np.where(gimbal, 0.0, a)
+    c = np.where(gimbal, c_g, c)
+    return np.rad2deg(np.stack([a, b, c], axis=-1))
+
+
+def euler_to_matrix(angles: np.ndarray) -> np.ndarray:
+    """``corrscan.core.rotations.euler_to_matrix`` in float64 NumPy (``(..., 3)`` degrees)."""
+    from corrscan.core.rotations import euler_to_matrix as _core
+
+    return np.asarray(_core(np.asarray(angles, dtype=np.float64)), dtype=np.float64)
+
+
+def matrix_to_euler(matrices: np.ndarray) -> np.ndarray:
+    """``corrscan.core.rotations.matrix_to_euler`` in float64 NumPy."""
+    from corrscan.core.rotations import matrix_to_euler as _core
+
+    return np.asarray(_core(np.asarray(matrices, dtype=np.float64)), dtype=np.float64)
 
 
 def matrices_to_relion_euler(matrices: np.ndarray) -> np.ndarray:
-    """RELION ``(rot, tilt, psi)`` for particles that look like the template rotated by ``R``.
+    """RELION ``(rot, tilt, psi)`` of particles that look like the template rotated by ``M``.
 
-    RELION's matrix maps particle coordinates to reference coordinates, i.e. it is ``R^T``.
+    ``matrix_to_euler(M^T)`` (see the module docstring).
     """
     return matrix_to_euler(np.swapaxes(np.asarray(matrices, dtype=np.float64), -1, -2))
 
 
 def relion_euler_to_matrices(angles: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`matrices_to_relion_euler`: RELION angles -> template rotations ``R``."""
+    """Inverse of :func:`matrices_to_relion_euler`: RELION angles -> template rotations ``M``."""
     return np.swapaxes(euler_to_matrix(angles), -1, -2)
 
 
@@ -170,9 +173,9 @@ def reduce_by_symmetry(matrices: np.ndarray, symmetry: str) -> np.ndarray:
     """Keep the rotations in one asymmetric unit of a ``Cn``/``Dn`` symmetric template.
 
     With template symmetry ``S`` the rotations ``R`` and ``R S`` give the same rotated
-    template. Writing ``R = Rz(psi) Ry(theta) Rz(phi)``, ``R Rz(a)`` shifts ``phi`` by ``a``
-    and ``R Rx(180)`` maps ``theta`` to ``180 - theta``; the kept unit is
-    ``phi mod 360 in [0, 360/n)`` (and ``theta <= 90`` for ``Dn``), about ``1/|G|`` of a
+    template. Writing ``R = Rz(c) Ry(b) Rz(a)``, ``R Rz(t)`` shifts ``a`` by ``t``
+    and ``R Rx(180)`` maps ``b`` to ``180 - b``; the kept unit is
+    ``a mod 360 in [0, 360/n)`` (and ``b <= 90`` for ``Dn``), about ``1/|G|`` of a
     uniform set.
     """
     sym = str(symmetry).strip().upper()
@@ -180,7 +183,7 @@ def reduce_by_symmetry(matrices: np.ndarray, symmetry: str) -> np.ndarray:
     if k == 1:
         return np.asarray(matrices)
     n = k if sym.startswith("C") else k // 2
-    eul = matrix_to_euler(matrices)
+    eul = _zyz_active_angles(matrices)
     keep = np.mod(eul[:, 0], 360.0) < 360.0 / n - 1e-9
     if sym.startswith("D"):
         keep &= eul[:, 1] <= 90.0

@@ -46,12 +46,17 @@ class TrackConfig(Config):
     background: Literal["mean", "median"] = Field(
         "mean", description="Background of the starting centre of mass |I - b|."
     )
-    n_iterations: int = Field(3, ge=1, le=20, description="Symmetry-fit re-centring iterations.")
+    n_iterations: int = Field(
+        1, ge=1, le=20, description="Symmetry-fit refinement passes after the capture pass."
+    )
     window_sigma: float | None = Field(
-        None, gt=0, description="Gaussian window along the line, px (default ROI width / 6)."
+        None,
+        gt=0,
+        description="Gaussian window along the line, px (default ROI width / 4, at most the "
+        "distance to the border / 2.5).",
     )
     band_sigma: float | None = Field(
-        None, gt=0, description="Band of rows/columns averaged into a line, px (default W / 10)."
+        None, gt=0, description="Band of rows/columns averaged into a line, px (default W / 8)."
     )
     edge_margin_px: float = Field(
         4.0, ge=0, description="Centres closer than this to the ROI border are NaN (EDGE)."
@@ -152,7 +157,7 @@ def track_kernel(
     (images ``i * n_beads + b``).
     """
     n, h, w = img.shape
-    finite = torch.isfinite(img).all(dim=-1).all(dim=-1)
+    finite = torch.isfinite(img.sum(dim=(-2, -1)))  # one pass; NaN/Inf pixels make it non-finite
     if not bool(finite.all()):
         img = torch.where(finite[:, None, None], img, torch.zeros((), dtype=img.dtype))
     flat = img.reshape(n, -1)

