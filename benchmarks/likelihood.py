@@ -2,12 +2,13 @@
 integrated log-likelihood) against CryoLike's measured single-thread figures.
 
 Data (the peer spec's recipe, ``/work/shared/peers/cryolike.md`` §6.2): 300 Gaussian
-pseudo-atoms (σ 2.5 Å) on a compact random chain; box 64², pixel 2 Å; 300 template directions
-(Fibonacci sphere); 300 images — half at a template's direction with an on-grid in-plane angle,
-half uniformly random on SO(3); continuous shifts within ±1 px; per-image astigmatic CTF
-(U 0.8–2.0 µm, U − V ≤ 500 Å, 300 kV, Cs 2.7 mm, A 0.1); white noise at SNR 0.1. Search: 300
-templates × 9 displacements (3×3, 1-px step) × 128 rotations = 1,152 poses per pair; 65 shells ×
-128 angles; single precision. ``--quick``: 100 × 100 (same grid and search).
+pseudo-atoms (σ 2.5 Å) on a compact random chain (bond 3.8 Å, inside a 30 Å sphere); box 64²,
+pixel 2 Å; 300 template directions (Fibonacci sphere); 300 images — half at a template's
+direction with an on-grid in-plane angle, half uniformly random on SO(3); continuous shifts
+within ±1 px; per-image astigmatic CTF (U 0.8–2.0 µm, U − V ≤ 500 Å, 300 kV, Cs 2.7 mm,
+A 0.1); white noise at SNR 0.1. Search: 300 templates × 9 displacements (3×3, 1-px step) × 128
+rotations = 1,152 poses per pair; 65 shells × 128 angles; single precision. ``--quick``:
+100 × 100 (same grid and search).
 
 Everything runs single-threaded (``torch.set_num_threads(1)``), as the peer was measured.
 
@@ -60,8 +61,8 @@ def make_data(n_images: int, n_templates: int, seed: int = 0):
     n, ps, sigma = 64, 2.0, 2.5
     grid = PolarGrid.create(n, ps)
     viewing = viewing_grid_fibonacci(n_templates)
-    atoms = random_chain(300, radius=20.0, seed=seed + 1)
-    decoy = random_chain(300, radius=20.0, seed=seed + 2)
+    atoms = random_chain(300, radius=30.0, seed=seed + 1)
+    decoy = random_chain(300, radius=30.0, seed=seed + 2)
     rng = np.random.default_rng(seed)
     half = n_images // 2
     si = rng.integers(0, n_templates, half)

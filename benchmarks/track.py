@@ -10,8 +10,9 @@ the z row; corrscan: ``build_zlut(..., center="roi")``). 1,000 ROIs (``--quick``
 
 Measured:
 
-- corrscan native ``track_stack(stack (n, 64, 64), zlut)`` (float32 compute) and the
-  compatibility call ``magtrack_api.stack_to_xyzp(stack (64, 64, n), zlut)``;
+- corrscan native ``track_stack(stack (n, 64, 64), zlut)`` (float32 compute) with torch's
+  default CPU threads and with one thread (MagTrack is effectively single-threaded NumPy),
+  and the compatibility call ``magtrack_api.stack_to_xyzp(stack (64, 64, n), zlut)``;
 - MagTrack ``stack_to_xyzp(stack (64, 64, n), zlut)`` (float64, as its docs ask), when
   ``import magtrack`` works (``peer=none`` otherwise);
 - images/s: median over ``--repeats`` timed calls after one warm-up; RMS x, y, z error in nm
@@ -132,11 +133,20 @@ def main(argv: list[str] | None = None) -> int:
         s32 = torch.from_numpy(stack.astype(np.float32))
         _, floor_s = timed(lambda s32=s32: s32.sum(), repeats)
         res, t_native = timed(lambda stack=stack: track_stack(stack, lut), repeats)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        _, t_one = timed(lambda stack=stack: track_stack(stack, lut), repeats)
+        torch.set_num_threads(threads)
         st_t = np.ascontiguousarray(np.moveaxis(stack, 0, -1))
         out_c, t_compat = timed(
             lambda st_t=st_t: compat.stack_to_xyzp(st_t, lut_mt_layout), repeats
         )
-        rates[name] = {"native": n / t_native, "compat": n / t_compat, "floor": floor_s / t_native}
+        rates[name] = {
+            "native": n / t_native,
+            "native1": n / t_one,
+            "compat": n / t_compat,
+            "floor": floor_s / t_native,
+        }
         acc[name] = {
             "native": errors(res.x, res.y, res.z, truth, xyz[:, 2]),
             "compat": errors(*out_c[:3], truth, xyz[:, 2]),
@@ -147,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 out_p, t_peer = timed(lambda st_t=st_t: mt.stack_to_xyzp(st_t, lut_peer), repeats)
             rates[name]["peer"] = n / t_peer
             acc[name]["peer"] = errors(*out_p[:3], truth, xyz[:, 2])
+        print(f"INFO {name:5s} native {n / t_one:9.0f} images/s with 1 torch thread")
         for who, e in acc[name].items():
             rate = rates[name].get(who, float("nan"))
             print(
@@ -165,6 +176,14 @@ def main(argv: list[str] | None = None) -> int:
                 peer_rate,
                 higher_better=True,
                 floor=100.0 * rates[name]["floor"],
+            )
+        )
+        print(
+            result(
+                f"images_per_s_1thread_{name}",
+                rates[name]["native1"],
+                peer_rate,
+                higher_better=True,
             )
         )
         print(

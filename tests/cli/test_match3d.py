@@ -15,28 +15,75 @@ from corrscan.synthetic.tomogram import simulate_tomogram
 
 
 def test_search_then_peaks(tmp_path):
-    tomo, truth = simulate_tomogram(32, template_shape=11, n_particles=2, noise_std=0.1,
-                                    wedge=None, seed=2, n_atoms=15, sigma=1.0,
-                                    pixel_size=2.0)
+    tomo, truth = simulate_tomogram(
+        32,
+        template_shape=11,
+        n_particles=2,
+        noise_std=0.1,
+        wedge=None,
+        seed=2,
+        n_atoms=15,
+        sigma=1.0,
+        pixel_size=2.0,
+    )
     write_mrc(tmp_path / "tomo.mrc", tomo, 2.0)
     write_mrc(tmp_path / "tmpl.mrc", truth["template"], 2.0)
     out = tmp_path / "res"
     runner = CliRunner()
-    r = runner.invoke(app, ["match3d", "search", str(tmp_path / "tomo.mrc"),
-                            str(tmp_path / "tmpl.mrc"), "-o", str(out), "--angular-step", "30",
-                            "--interpolation-order", "1", "--lowpass", "5"])
+    r = runner.invoke(
+        app,
+        [
+            "match3d",
+            "search",
+            str(tmp_path / "tomo.mrc"),
+            str(tmp_path / "tmpl.mrc"),
+            "-o",
+            str(out),
+            "--angular-step",
+            "30",
+            "--interpolation-order",
+            "1",
+            "--lowpass",
+            "5",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "360 rotations" in r.output
     res = MatchResult.read(out)
     assert res.pixel_size == 2.0 and res.scores.shape == tomo.shape
     assert res.metadata["filters"]["lowpass_angstrom"] == 5.0
     # refuses to overwrite
-    r = runner.invoke(app, ["match3d", "search", str(tmp_path / "tomo.mrc"),
-                            str(tmp_path / "tmpl.mrc"), "-o", str(out), "--n-rotations", "2"])
+    r = runner.invoke(
+        app,
+        [
+            "match3d",
+            "search",
+            str(tmp_path / "tomo.mrc"),
+            str(tmp_path / "tmpl.mrc"),
+            "-o",
+            str(out),
+            "--n-rotations",
+            "2",
+        ],
+    )
     assert r.exit_code == 2 and "exists" in r.output
     for fmt, name in (("csv", "p.csv"), ("relion4", "p4.star"), ("relion5", "p5.star")):
-        r = runner.invoke(app, ["match3d", "peaks", str(out), "-o", str(tmp_path / name),
-                                "--format", fmt, "--num-peaks", "2", "--min-distance", "8"])
+        r = runner.invoke(
+            app,
+            [
+                "match3d",
+                "peaks",
+                str(out),
+                "-o",
+                str(tmp_path / name),
+                "--format",
+                fmt,
+                "--num-peaks",
+                "2",
+                "--min-distance",
+                "8",
+            ],
+        )
         assert r.exit_code == 0, r.output
         df = read_table(tmp_path / name, pixel_size=2.0, shape=tomo.shape)
         got = {tuple(np.rint(v).astype(int)) for v in df[["z", "y", "x"]].to_numpy()}
@@ -51,8 +98,17 @@ def test_search_then_peaks(tmp_path):
 
 def test_bad_arguments_exit_cleanly(tmp_path):
     runner = CliRunner()
-    r = runner.invoke(app, ["match3d", "search", str(tmp_path / "none.mrc"),
-                            str(tmp_path / "none.mrc"), "-o", str(tmp_path / "o")])
+    r = runner.invoke(
+        app,
+        [
+            "match3d",
+            "search",
+            str(tmp_path / "none.mrc"),
+            str(tmp_path / "none.mrc"),
+            "-o",
+            str(tmp_path / "o"),
+        ],
+    )
     assert r.exit_code == 2 and "not found" in r.output
     r = runner.invoke(app, ["match3d", "search", "--this-is-not-an-option"])
     assert r.exit_code != 0

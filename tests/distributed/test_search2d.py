@@ -13,9 +13,14 @@ import pytest
 import torch
 
 from corrscan.core.io import write_mrc
-from corrscan.distributed.search2d import checkpoint_path_for, run_search2d, search2d
+from corrscan.distributed.search2d import (
+    batch_search2d,
+    checkpoint_path_for,
+    run_search2d,
+    search2d,
+)
 from corrscan.errors import InputError, ResultExistsError
-from corrscan.match2d import MatchTemplateConfig, match_template
+from corrscan.match2d import MatchTemplateConfig, MatchTemplateResult, match_template
 from corrscan.match2d import chunks as ch
 from corrscan.synthetic.micrograph import example_template, simulate_micrograph
 
@@ -174,6 +179,19 @@ def test_run_search2d_file_step(tmp_path):
         run_search2d(cfg)
     assert (out / "metadata.json").stat().st_mtime_ns == mtime  # never overwritten
     run_search2d(cfg, overwrite=True)
+    # batch: a good micrograph and a truncated one; finished bundles are skipped on a rerun
+    (tmp_path / "cut.mrc").write_bytes((tmp_path / "mic.mrc").read_bytes()[:2000])
+    lst = tmp_path / "list.csv"
+    lst.write_text("path\nmic.mrc\ncut.mrc\n")
+    summary = batch_search2d(cfg, lst, tmp_path / "batch")
+    assert list(summary["status"]) == ["done", "failed"]
+    assert "cut.mrc" in summary.loc[1, "error"]
+    assert summary.loc[0, "n_particles"] == len(_parts)
+    done = MatchTemplateResult.load(tmp_path / "batch" / "mic")
+    assert_same(done, res)
+    summary = batch_search2d(cfg, lst, tmp_path / "batch")
+    assert list(summary["status"]) == ["skipped", "failed"]
+    assert (tmp_path / "batch" / "summary.csv").is_file()
 
 
 def test_bad_inputs_are_clear_errors():

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from corrscan.distributed.search3d import search3d
-from corrscan.errors import InputError
+from corrscan.core.io import write_mrc
+from corrscan.distributed.search3d import batch_search3d, run_search3d, search3d
+from corrscan.errors import InputError, ResultExistsError
+from corrscan.match3d import MatchResult, match_template, rotation_set
 from corrscan.match3d import chunks as ch
-from corrscan.match3d import match_template, rotation_set
 from corrscan.synthetic.tomogram import simulate_tomogram
 
 
@@ -97,3 +98,27 @@ def test_bad_inputs_are_clear_errors(setup):
         search3d(tomo[:5], tpl, **kw)
     with pytest.raises(InputError, match="empty"):
         search3d(tomo, tpl, rotations=np.zeros((0, 3, 3)))
+
+
+def test_batch_from_glob_skips_done_and_reports_bad_files(setup, tmp_path):
+    tomo, tpl, kw = setup
+    src = tmp_path / "in"
+    src.mkdir()
+    write_mrc(src / "t1.mrc", tomo, voxel_size=2.0)
+    write_mrc(src / "t2.mrc", tomo[:, ::-1].copy(), voxel_size=2.0)
+    (src / "t3.mrc").write_bytes((src / "t1.mrc").read_bytes()[:1500])  # truncated
+    write_mrc(tmp_path / "tpl.mrc", tpl, voxel_size=2.0)
+    write_mrc(tmp_path / "tpl_bad_px.mrc", tpl, voxel_size=3.0)
+    out = tmp_path / "out"
+    summary = batch_search3d(str(src / "*.mrc"), tmp_path / "tpl.mrc", out, **kw)
+    assert list(summary["status"]) == ["done", "done", "failed"]
+    assert "t3.mrc" in summary.loc[2, "error"]
+    assert not list(out.glob("*partial*")) and not list(out.glob("*.checkpoint.pt"))
+    ref = match_template(tomo, tpl, pixel_size=2.0, progress=False, **kw)
+    assert_same(MatchResult.read(out / "t1"), ref)
+    summary = batch_search3d(str(src / "*.mrc"), tmp_path / "tpl.mrc", out, **kw)
+    assert list(summary["status"]) == ["skipped", "skipped", "failed"]
+    with pytest.raises(InputError, match="voxel sizes differ.*resample"):
+        run_search3d(src / "t1.mrc", tmp_path / "tpl_bad_px.mrc", tmp_path / "x", **kw)
+    with pytest.raises(ResultExistsError):
+        run_search3d(src / "t1.mrc", tmp_path / "tpl.mrc", out / "t1", **kw)

@@ -49,8 +49,14 @@ def test_tilt_series_wedge_approaches_continuous_wedge():
     w = tilt_wedge(SHAPE, 1.0, cfg)
     c = continuous_wedge(SHAPE, -60.0, 60.0)
     k = torch.linalg.vector_norm(
-        torch.stack(torch.meshgrid(torch.fft.fftfreq(32), torch.fft.fftfreq(32),
-                                   torch.fft.rfftfreq(32), indexing="ij"), -1), dim=-1)
+        torch.stack(
+            torch.meshgrid(
+                torch.fft.fftfreq(32), torch.fft.fftfreq(32), torch.fft.rfftfreq(32), indexing="ij"
+            ),
+            -1,
+        ),
+        dim=-1,
+    )
     # one-voxel slabs blur the wedge edge at low |k|; above 0.25 cycles/px they agree
     band = (k > 0.25) & (k < 0.45)
     agree = ((w > 0.5) == (c > 0.5))[band].float().mean()
@@ -76,8 +82,11 @@ def test_tilt_weighting_angle_and_dose():
     ne = 0.245 * k**-1.665 + 2.81
     assert _at(w, 0, 5, 0) == pytest.approx(math.exp(-20.0 / (2 * ne)), rel=1e-5)
     with pytest.raises(InputError, match="one per tilt"):
-        tilt_wedge(SHAPE, 1.0, FilterConfig(tilt_angles=[0.0, 3.0], tilt_weighting="relion",
-                                            dose_per_tilt=[1.0]))
+        tilt_wedge(
+            SHAPE,
+            1.0,
+            FilterConfig(tilt_angles=[0.0, 3.0], tilt_weighting="relion", dose_per_tilt=[1.0]),
+        )
 
 
 def test_ctf_matches_core_and_corrections():
@@ -90,11 +99,16 @@ def test_ctf_matches_core_and_corrections():
     np.testing.assert_allclose(flip.numpy(), np.abs(raw.numpy()), atol=1e-6)
     wien = template_filter(SHAPE, 2.0, FilterConfig(defocus=20000.0, ctf_correction="wiener"))
     assert float(wien.abs().max()) == pytest.approx(1.0, rel=1e-6)
-    assert np.all(np.sign(wien.numpy()[np.abs(raw.numpy()) > 1e-3])
-                  == np.sign(raw.numpy()[np.abs(raw.numpy()) > 1e-3]))
+    assert np.all(
+        np.sign(wien.numpy()[np.abs(raw.numpy()) > 1e-3])
+        == np.sign(raw.numpy()[np.abs(raw.numpy()) > 1e-3])
+    )
     # per-tilt CTF with one untilted tilt equals the 3D CTF on the kz = 0 plane
-    pt = template_filter(SHAPE, 2.0, FilterConfig(defocus=20000.0, ctf_correction="raw",
-                                                  tilt_angles=[0.0], ctf_mode="per-tilt"))
+    pt = template_filter(
+        SHAPE,
+        2.0,
+        FilterConfig(defocus=20000.0, ctf_correction="raw", tilt_angles=[0.0], ctf_mode="per-tilt"),
+    )
     np.testing.assert_allclose(pt[0].numpy(), raw[0].numpy(), atol=1e-5)
     assert float(pt[8].abs().max()) == 0.0  # off the slab
 
@@ -106,15 +120,23 @@ def test_bandpass_half_at_cutoffs_and_target_filter():
     g = template_filter(SHAPE, 2.0, FilterConfig(highpass_angstrom=16.0))
     assert _at(g, 0, 4, 0) == pytest.approx(0.5, rel=1e-5) and _at(g, 0, 0, 0) == 0.0
     assert target_filter(SHAPE, 2.0, FilterConfig()) is None
-    assert target_filter(SHAPE, 2.0, FilterConfig(lowpass_angstrom=8.0, filter_target=False)) is None
+    assert (
+        target_filter(SHAPE, 2.0, FilterConfig(lowpass_angstrom=8.0, filter_target=False)) is None
+    )
     assert template_filter(SHAPE, 2.0, FilterConfig()) is None
 
 
 def test_whitening_flattens_coloured_noise(rng):
     white = torch.from_numpy(rng.normal(size=SHAPE))
-    k = torch.linalg.vector_norm(torch.stack(torch.meshgrid(
-        torch.fft.fftfreq(32), torch.fft.fftfreq(32), torch.fft.rfftfreq(32), indexing="ij"),
-        -1), dim=-1)
+    k = torch.linalg.vector_norm(
+        torch.stack(
+            torch.meshgrid(
+                torch.fft.fftfreq(32), torch.fft.fftfreq(32), torch.fft.rfftfreq(32), indexing="ij"
+            ),
+            -1,
+        ),
+        dim=-1,
+    )
     colour = 1.0 / (0.02 + k)  # strong low-frequency excess
     noisy = torch.fft.irfftn(torch.fft.rfftn(white) * colour, s=SHAPE)
     cfg = FilterConfig(whiten=True)

@@ -53,11 +53,11 @@ def test_every_method_finds_the_planted_maxima(rng, method):
 @pytest.mark.parametrize("method", PEAK_METHODS)
 def test_filters_score_window_and_boundary(rng, method):
     m = _map(rng)
-    c, s = call_peaks(m, method=method, num_peaks=10, min_distance=4, min_score=3.2,
-                      max_score=4.7)
+    c, _s = call_peaks(m, method=method, num_peaks=10, min_distance=4, min_score=3.2, max_score=4.7)
     assert _as_set(c) == _as_set(TRUE[1:4])
-    c, _ = call_peaks(m, method=method, num_peaks=10, min_distance=4, min_score=1.0,
-                      min_boundary_distance=7)
+    c, _ = call_peaks(
+        m, method=method, num_peaks=10, min_distance=4, min_score=1.0, min_boundary_distance=7
+    )
     assert _as_set(c) == _as_set(TRUE[[1]])  # the others lie within 7 voxels of a face
 
 
@@ -73,12 +73,18 @@ def test_min_distance_suppresses_close_peaks(method):
 
 def test_classes_match_functions_and_merge(rng):
     m = _map(rng)
-    for cls in (PeakCallerSort, PeakCallerMaximumFilter, PeakCallerFast, PeakCallerScipy,
-                PeakClustering, PeakCallerRecursiveMasking):
+    for cls in (
+        PeakCallerSort,
+        PeakCallerMaximumFilter,
+        PeakCallerFast,
+        PeakCallerScipy,
+        PeakClustering,
+        PeakCallerRecursiveMasking,
+    ):
         pc = cls(SHAPE, num_peaks=5, min_distance=4, min_score=1.0)
         rot = np.eye(3) * 2  # stored as given
         pc(m, rotation_matrix=rot)
-        t, r, s, d = pc
+        t, r, _s, _d = pc
         assert _as_set(t) == _as_set(TRUE), cls.__name__
         assert r.shape == (5, 3, 3) and np.all(r == rot)
         # merging two halves' results gives the same peaks

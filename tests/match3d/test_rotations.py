@@ -22,18 +22,19 @@ from corrscan.synthetic.tomogram import random_rotations
 
 
 def test_euler_convention_matches_core(rng):
-    ang = np.column_stack([rng.uniform(-180, 180, 50), rng.uniform(0, 180, 50),
-                           rng.uniform(-180, 180, 50)])
+    ang = np.column_stack(
+        [rng.uniform(-180, 180, 50), rng.uniform(0, 180, 50), rng.uniform(-180, 180, 50)]
+    )
     mine = euler_to_matrix(ang)
     core = np.asarray(core_rot.euler_to_matrix(ang))
     np.testing.assert_allclose(mine, core, atol=1e-10)
     np.testing.assert_allclose(euler_to_matrix(matrix_to_euler(mine)), mine, atol=1e-10)
     r = random_rotations(20, rng)
-    np.testing.assert_allclose(relion_euler_to_matrices(matrices_to_relion_euler(r)), r,
-                               atol=1e-10)
+    np.testing.assert_allclose(relion_euler_to_matrices(matrices_to_relion_euler(r)), r, atol=1e-10)
     # RELION angles describe R^T (particle -> reference)
-    np.testing.assert_allclose(euler_to_matrix(matrices_to_relion_euler(r)),
-                               np.swapaxes(r, 1, 2), atol=1e-10)
+    np.testing.assert_allclose(
+        euler_to_matrix(matrices_to_relion_euler(r)), np.swapaxes(r, 1, 2), atol=1e-10
+    )
 
 
 @pytest.mark.parametrize("step", [60.0, 30.0])

@@ -25,8 +25,16 @@ def planted():
     pick = rng.choice(len(grid), 4, replace=False)
     pert = Rotation.from_rotvec(rng.normal(size=(4, 3)) / np.sqrt(3) * np.radians(4)).as_matrix()
     rots = grid[pick] @ pert
-    tomo, truth = simulate_tomogram(48, template_shape=12, rotations=rots, noise_std=0.15,
-                                    wedge=WEDGE, seed=3, n_atoms=20, sigma=1.0)
+    tomo, truth = simulate_tomogram(
+        48,
+        template_shape=12,
+        rotations=rots,
+        noise_std=0.15,
+        wedge=WEDGE,
+        seed=3,
+        n_atoms=20,
+        sigma=1.0,
+    )
     return tomo, truth, grid, pick
 
 
@@ -45,9 +53,9 @@ def _check_recovery(res, truth, step):
 def test_every_score_recovers_every_copy(planted, score):
     tomo, truth, grid, pick = planted
     rots = grid
-    if score in ("FLC", "MCC"):  # expensive scores: the planted neighbourhoods + 60 decoys
+    if score in ("FLC", "MCC"):  # expensive scores: the planted neighbourhoods + ~30 decoys
         near = rotation_angle_deg(grid[:, None], grid[pick][None]).min(axis=1) < 50
-        rots = np.concatenate([grid[near], grid[~near][::6]])
+        rots = np.concatenate([grid[near], grid[~near][::10]])
     filters = {"wedge": WEDGE}
     if score == "CC":  # not locally normalised: low frequencies dominate unless high-passed
         filters["highpass_angstrom"] = 6.0
@@ -61,16 +69,27 @@ def test_every_score_recovers_every_copy(planted, score):
 
 def test_cubic_interpolation_and_angular_step(planted):
     tomo, truth, grid, _ = planted
-    res = match_template(tomo, truth["template"], score="FLCSphericalMask", angular_step=STEP,
-                         interpolation_order=3, filters={"wedge": WEDGE})
+    res = match_template(
+        tomo,
+        truth["template"],
+        score="FLCSphericalMask",
+        angular_step=STEP,
+        interpolation_order=3,
+        filters={"wedge": WEDGE},
+    )
     assert res.n_rotations == len(grid) == 360
     _check_recovery(res, truth, STEP)
 
 
 def test_split_and_chunks_merge_exactly(planted):
     tomo, truth, grid, _ = planted
-    kw = dict(template_mask=truth["template_mask"], score="FLCSphericalMask",
-              rotations=grid[:48], interpolation_order=1, pad_edges=True)
+    kw = dict(
+        template_mask=truth["template_mask"],
+        score="FLCSphericalMask",
+        rotations=grid[:24],
+        interpolation_order=1,
+        pad_edges=True,
+    )
     one = match_template(tomo, truth["template"], **kw)
     chunked = match_template(tomo, truth["template"], rotation_chunks=5, **kw)
     np.testing.assert_array_equal(chunked.scores, one.scores)
@@ -78,13 +97,16 @@ def test_split_and_chunks_merge_exactly(planted):
     np.testing.assert_array_equal(chunked.rotations, one.rotations)
     assert chunked.score_mean == one.score_mean and chunked.score_std == one.score_std
     # batches of 4: chunk boundaries align with batches -> still bitwise
-    b1 = match_template(tomo, truth["template"], batch_size=4, **kw)
-    b2 = match_template(tomo, truth["template"], batch_size=4, rotation_chunks=3, **kw)
+    kw16 = dict(kw, rotations=grid[:16])
+    b1 = match_template(tomo, truth["template"], batch_size=4, **kw16)
+    b2 = match_template(tomo, truth["template"], batch_size=4, rotation_chunks=3, **kw16)
+    assert b2.metadata["rotation_chunks"] == 2  # chunks of 8 = two batches of 4
     np.testing.assert_array_equal(b1.scores, b2.scores)
     np.testing.assert_array_equal(b1.rotation_index, b2.rotation_index)
     # target splits: same data per voxel, different FFT box -> equal to float rounding
-    split = match_template(tomo, truth["template"], target_splits={0: 2, 2: 3},
-                           rotation_chunks=2, **kw)
+    split = match_template(
+        tomo, truth["template"], target_splits={0: 2, 2: 3}, rotation_chunks=2, **kw
+    )
     np.testing.assert_allclose(split.scores, one.scores, atol=2e-5)
     same = split.rotation_index == one.rotation_index
     assert same.mean() > 0.999
@@ -92,8 +114,8 @@ def test_split_and_chunks_merge_exactly(planted):
     assert np.all(np.abs(split.scores - one.scores)[~same] < 2e-5)
     for p in truth["positions"]:
         assert split.rotation_index[tuple(p)] == one.rotation_index[tuple(p)]
-    assert split.score_count == one.score_count == tomo.size * 48
-    assert split.score_std == pytest.approx(one.score_std, rel=1e-5)
+    assert split.score_count == one.score_count == tomo.size * 24
+    assert split.score_std == pytest.approx(one.score_std, rel=1e-4)
 
 
 def _brute_corr(f, g, p):
@@ -107,7 +129,7 @@ def _brute_corr(f, g, p):
 def test_scores_match_float64_references(rng):
     f = rng.normal(size=(14, 15, 16)) + 3.0
     g = rng.normal(size=(5, 5, 5))
-    m = (np.add.outer(np.add.outer(np.arange(5) - 2, np.zeros(5)), np.zeros(5)) ** 2 <= 9)
+    m = np.add.outer(np.add.outer(np.arange(5) - 2, np.zeros(5)), np.zeros(5)) ** 2 <= 9
     m = m.astype(np.float64) * (rng.random((5, 5, 5)) > 0.2)
     p = (7, 7, 8)
     gt, mt = torch.from_numpy(g).float()[None], torch.from_numpy(m).float()[None]

@@ -19,15 +19,24 @@ def _rotate_ref(vol, r):
 
 
 def test_copies_are_rotated_templates_at_their_positions():
-    tomo, truth = simulate_tomogram(40, template_shape=13, n_particles=3, noise_std=0.0,
-                                    wedge=None, seed=4, n_atoms=12, sigma=1.0)
+    tomo, truth = simulate_tomogram(
+        40,
+        template_shape=13,
+        n_particles=3,
+        noise_std=0.0,
+        wedge=None,
+        seed=4,
+        n_atoms=12,
+        sigma=1.0,
+    )
     np.testing.assert_allclose(tomo, truth["clean"], atol=1e-5)
     t = truth["template"]
     assert t.max() == pytest.approx(1.0)
     c = np.array([s // 2 for s in t.shape])
     for p, r in zip(truth["positions"], truth["rotations"], strict=True):
-        box = truth["clean"][tuple(slice(v - ci, v - ci + s) for v, ci, s in
-                                   zip(p, c, t.shape, strict=True))]
+        box = truth["clean"][
+            tuple(slice(v - ci, v - ci + s) for v, ci, s in zip(p, c, t.shape, strict=True))
+        ]
         ref = _rotate_ref(t, r)
         assert np.corrcoef(box.ravel(), ref.ravel())[0, 1] > 0.999
         # and not another rotation (the template is asymmetric)
@@ -39,8 +48,9 @@ def test_copies_are_rotated_templates_at_their_positions():
 
 
 def test_noise_and_wedge():
-    tomo, truth = simulate_tomogram(32, template_shape=11, n_particles=1, noise_std=1.0,
-                                    wedge=(-45, 45), seed=1)
+    tomo, truth = simulate_tomogram(
+        32, template_shape=11, n_particles=1, noise_std=1.0, wedge=(-45, 45), seed=1
+    )
     w = missing_wedge_mask(tomo.shape, (-45, 45))
     ft = np.fft.rfftn(tomo)
     assert np.abs(ft[w == 0]).max() < 1e-3 * np.abs(ft).max()
@@ -48,15 +58,17 @@ def test_noise_and_wedge():
     assert 0.4 < w.mean() < 0.6
     resid = tomo - np.fft.irfftn(np.fft.rfftn(truth["clean"]) * w, s=tomo.shape, axes=(0, 1, 2))
     assert resid.std() == pytest.approx(np.sqrt(w.mean()), rel=0.15)
-    same, _ = simulate_tomogram(32, template_shape=11, n_particles=1, noise_std=1.0,
-                                wedge=(-45, 45), seed=1)
+    same, _ = simulate_tomogram(
+        32, template_shape=11, n_particles=1, noise_std=1.0, wedge=(-45, 45), seed=1
+    )
     np.testing.assert_array_equal(tomo, same)
 
 
 def test_random_rotations_are_rotations(rng):
     r = random_rotations(50, rng)
-    np.testing.assert_allclose(r @ np.swapaxes(r, 1, 2), np.broadcast_to(np.eye(3), r.shape),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        r @ np.swapaxes(r, 1, 2), np.broadcast_to(np.eye(3), r.shape), atol=1e-12
+    )
     np.testing.assert_allclose(np.linalg.det(r), 1.0, atol=1e-12)
 
 

@@ -245,13 +245,13 @@ def test_stack_to_xyzp_accuracy_noisy(lut_and_beads) -> None:
 
 
 def test_stack_to_xyzp_bad_frames_and_options(lut_and_beads) -> None:
-    zlut, st, truth, _ = lut_and_beads
+    zlut, st, _truth, _ = lut_and_beads
     bad = st[..., :6].copy()
     bad[..., 1] = np.nan
     bad[..., 2] = 0.4
     edge, _ = simulate_beads(np.array([[3050.0, 0.0, 0.0]]))
     bad[..., 3] = edge[0]
-    x, y, z, _ = mt.stack_to_xyzp(bad, zlut)
+    x, _y, z, _ = mt.stack_to_xyzp(bad, zlut)
     assert np.isnan(x[1:4]).all() and np.isnan(z[1:4]).all()
     assert np.isfinite(x[[0, 4, 5]]).all() and np.isfinite(z[[0, 4, 5]]).all()
     x2, _, z2, _ = mt.stack_to_xyzp(bad)
@@ -274,7 +274,7 @@ def test_stack_to_xyzp_advanced(lut_and_beads) -> None:
     for a, b in zip(plain, ref, strict=True):
         np.testing.assert_allclose(a, b)
     opts = {"n auto_conv_multiline_sub_pixel": 3, "lookup_z": {"n_local": 5}}
-    x, y, z, prof = mt.stack_to_xyzp_advanced(torch.from_numpy(sub), zlut, **opts)
+    x, _y, z, prof = mt.stack_to_xyzp_advanced(torch.from_numpy(sub), zlut, **opts)
     assert isinstance(x, np.ndarray) and prof.shape == (32, 20)
     assert rms((x - truth["x_px"][:20]) * 100) < 5.0
     assert rms(z - xyz[:20, 2]) < 15.0

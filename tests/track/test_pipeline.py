@@ -54,7 +54,7 @@ def test_z_independent_of_subpixel_position(zlut) -> None:
 
 
 def test_bad_images_flagged_per_bead_never_failing_the_batch(zlut, beads_clean) -> None:
-    stack, truth, xyz = beads_clean
+    stack, _truth, _xyz = beads_clean
     good = stack[:8].copy()
     edge, _ = simulate_beads(np.array([[3000.0, 0.0, 500.0]]))  # 30 px off: 2 px from edge
     bad = np.concatenate([good, good[:3], edge])

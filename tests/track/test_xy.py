@@ -48,10 +48,10 @@ def test_center_of_mass_blank_is_nan_and_integer_frames_ok() -> None:
 def test_symmetry_center_band_limited_beads_exact() -> None:
     """Unsaturated (band-limited) bead images: the Fourier symmetry fit is exact up to the
     window-tilt bias, which each refinement pass shrinks: < 0.1 nm RMS with the default single
-    pass, < 0.02 nm with three (offsets within +-1.5 px, z within +-3 um)."""
+    pass, < 0.05 nm with three (offsets within +-1.5 px, z within +-3 um)."""
     xyz = planted(150, seed=21)
     stack, truth = simulate_beads(xyz, clip=False)
-    for n_it, bound in ((1, 0.1), (3, 0.02)):
+    for n_it, bound in ((1, 0.1), (3, 0.05)):
         x, y, ok = symmetry_center(stack, n_iterations=n_it)
         assert ok.all()
         assert rms((x - truth["x_px"]) * 100) < bound
@@ -83,11 +83,11 @@ def test_kinds_integer_frames_and_input_unchanged() -> None:
     xyz = planted(6, seed=3)
     counts, truth = simulate_beads(xyz, photons=2000.0, as_counts=True, seed=2)
     before = counts.copy()
-    x, y, ok = symmetry_center(counts)
+    x, _y, _ok = symmetry_center(counts)
     np.testing.assert_array_equal(counts, before)
     assert np.abs(x - truth["x_px"]).max() < 0.1
     t = torch.from_numpy(counts.astype(np.float32))
     tb = t.clone()
-    xt, yt, okt = symmetry_center(t)
+    xt, _yt, _okt = symmetry_center(t)
     assert isinstance(xt, torch.Tensor) and torch.equal(t, tb)
     np.testing.assert_allclose(xt.numpy(), x, atol=1e-4)

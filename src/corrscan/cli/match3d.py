@@ -141,15 +141,17 @@ def register(app: typer.Typer) -> None:
         result: Path = typer.Argument(..., help="Result bundle from 'match3d search'."),
         output: Path = typer.Option(..., "--output", "-o", help="Table (.csv or .star)."),
         fmt: str = typer.Option("csv", "--format", help="csv | relion4 | relion5."),
-        method: str = typer.Option("maximum_filter", help="sort|maximum_filter|fast|recursive|"
-                                   "local_max|clustering."),
+        method: str = typer.Option(
+            "maximum_filter", help="sort|maximum_filter|fast|recursive|local_max|clustering."
+        ),
         num_peaks: int = typer.Option(1000, help="Maximum number of peaks."),
         min_distance: int = typer.Option(5, help="Voxels between peaks."),
         min_boundary_distance: int = typer.Option(0, help="Voxels from the faces."),
         min_score: float | None = typer.Option(None, help="Lowest score kept."),
         max_score: float | None = typer.Option(None, help="Highest score kept."),
         n_false_positives: float | None = typer.Option(
-            None, help="Raise min-score to the Gaussian cut-off for this many false positives."),
+            None, help="Raise min-score to the Gaussian cut-off for this many false positives."
+        ),
         subvoxel: bool = typer.Option(False, help="Add parabolic sub-voxel positions."),
         tomo_name: str = typer.Option("tomogram", help="rlnTomoName in STAR files."),
     ) -> None:
@@ -163,8 +165,14 @@ def register(app: typer.Typer) -> None:
                 min_boundary_distance=min_boundary_distance, min_score=min_score,
                 max_score=max_score, n_false_positives=n_false_positives, subvoxel=subvoxel,
             )  # fmt: skip
-            write_table(df, output, fmt=fmt, tomo_name=tomo_name, pixel_size=res.pixel_size,
-                        shape=res.scores.shape)
+            write_table(
+                df,
+                output,
+                fmt=fmt,
+                tomo_name=tomo_name,
+                pixel_size=res.pixel_size,
+                shape=res.scores.shape,
+            )
         except (CorrscanError, ValueError) as exc:
             _fail(exc)
         typer.echo(f"{output}: {len(df)} peaks")

@@ -32,14 +32,18 @@ lazily (every 1024 updates and before any read, merge or ``state_dict``), leavin
 
 * Resolution: ``2**-52`` per update (absolute), exact for batch sums with ``|x| >= 1``.
 * Capacity: ``|total| < 2**62`` (about ``4.6e18``) per pixel for the sum and the sum of
-  squares; a single batch sum must be below ``2**62`` too. Both are checked (a conservative
-  running bound from each update's largest ``|x|``) and raise :class:`InputError` before any
-  overflow.
-* Batch reduction: pairwise (tree) sums made of element-wise IEEE additions and products, in a
-  fixed order, so the batch sums do not depend on the device's reduction kernels or thread
-  count. The float32 rounding of a batch sum (relative ``~log2(B) * 6e-8``) is the only
-  approximation with respect to an exact float64 reference; it is independent from update to
-  update, so it does not grow with the number of updates.
+  squares; a single batch sum must be below ``2**62`` too. Both are checked with a
+  conservative running bound and raise :class:`InputError` before any overflow on the CPU (on
+  GPUs, at the next carry/read/merge, to avoid host synchronisation).
+* Batch reduction: pairwise (tree) sums made only of element-wise IEEE additions and
+  products in a fixed order (:func:`batch_sum`, :func:`batch_sum_of_squares`), so a batch
+  reduces to the same bits on every device, thread count and slab size; torch's native
+  ``sum(0)`` was measured to change bits with the tensor layout, and is not used. The float32
+  rounding of a batch sum (relative ``~log2(B) * 6e-8``) is the only approximation with
+  respect to an exact float64 reference; it is independent from update to update, so it does
+  not grow with the number of updates.
+* Capacity checks cost no extra pass: ``max s2`` bounds the squares and ``sqrt(B * max s2)``
+  bounds ``|s1|`` (Cauchy-Schwarz); NaN/Inf propagate into the bound and are reported.
 * Variance = ``S2/n - (S1/n)**2`` evaluated in float64 from the exact sums (clamped at 0):
   relative accuracy about ``1e-7 * (mean/std)**2``; scores with ``|mean| >> std`` (not the case for
   normalised correlation maps) should be centred first (``shift=``).
@@ -205,7 +209,9 @@ def reduce_batch(x: torch.Tensor, *, maxima: bool = True, sums: bool = True) -> 
     """Batch reductions of `(B, *shape)` scores in their own dtype.
 
     Returns ``max`` `(*shape)` (``amax`` over the batch) and/or ``s1``, ``s2`` `(*shape)`
-    (:func:`batch_sum`, :func:`batch_sum_of_squares`, computed slab by slab).
+    (:func:`batch_sum`, :func:`batch_sum_of_squares`: pairwise, element-wise operations only,
+    so the bits do not depend on the device's reduction kernels, the thread count or the
+    slab size :data:`REDUCE_CHUNK_BYTES`).
     """
     out: dict[str, Any] = {}
     if maxima:
@@ -228,21 +234,17 @@ def reduce_batch(x: torch.Tensor, *, maxima: bool = True, sums: bool = True) -> 
     return out
 
 
-def _fixed_point_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Split a float tensor into int64 limbs ``hi + lo * 2**-52``; also ``max |x|`` (0-d).
+def _fixed_point_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split a float tensor into int64 limbs ``hi + lo * 2**-52`` (exactly when |x| >= 1).
 
-    Works in ``x``'s own dtype: ``trunc``, ``x - trunc(x)``, the power-of-two scaling and
-    ``round`` are exact in float32 and float64 alike, so the limbs are the same as those of
-    the float64 value. ``max |x|`` is NaN if ``x`` has a NaN (no host synchronisation here).
+    ``hi = trunc(x)`` (float -> int64 conversion truncates), ``x - hi`` is exact, the
+    power-of-two scaling is exact, then round-half-even: the limbs equal those of the
+    float64 value, whatever the input dtype.
     """
-    mn, mx = torch.aminmax(x)
-    bound = torch.maximum(mx, -mn).to(torch.float64)
-    t = torch.trunc(x)
-    hi = t.to(torch.int64)
-    # (x - trunc(x)) is exact; scaling by a power of two is exact; round-half-even.
-    torch.sub(x, t, out=t).mul_(_LO_SCALE).round_()
-    lo = t.to(torch.int64)
-    return hi, lo, bound
+    hi = x.to(torch.int64)
+    t = x - hi.to(x.dtype)
+    lo = t.mul_(_LO_SCALE).round_().to(torch.int64)
+    return hi, lo
 
 
 def _state_tensor(d: Mapping[str, Any], key: str, owner: str) -> torch.Tensor:
@@ -570,9 +572,10 @@ class MomentAccumulator:
             lo.bitwise_and_(_LO_ONE - 1)
         self._pending = 0
 
-    def _add_limbs(self, s1: torch.Tensor, s2: torch.Tensor) -> None:
-        hi1, lo1, b1 = _fixed_point_split(s1)
-        hi2, lo2, b2 = _fixed_point_split(s2)
+    def _add_limbs(self, s1: torch.Tensor, s2: torch.Tensor, count: int) -> None:
+        # bounds without host sync: max s2 (NaN/Inf propagate), and |s1| <= sqrt(count * s2)
+        b2 = s2.amax().to(torch.float64)
+        b1 = torch.sqrt(b2 * count)
         new_bounds = self._bounds + torch.stack((b1, b2))
         if self.device.type == "cpu":
             old, self._bounds = self._bounds, new_bounds
@@ -583,6 +586,8 @@ class MomentAccumulator:
                 raise
         else:
             self._bounds = new_bounds
+        hi1, lo1 = _fixed_point_split(s1)
+        hi2, lo2 = _fixed_point_split(s2)
         if self._pending >= _CARRY_EVERY:
             self._carry()
         self._s1_hi += hi1
@@ -602,7 +607,7 @@ class MomentAccumulator:
         if self.shift != 0.0:
             x = x - self.shift
         red = reduce_batch(x, maxima=False)
-        self._add_limbs(red["s1"], red["s2"])
+        self._add_limbs(red["s1"], red["s2"], int(x.shape[0]))
         self._count += int(x.shape[0])
         self.n_updates += 1
         return self
@@ -622,7 +627,7 @@ class MomentAccumulator:
             )
         if int(count) <= 0:
             raise InputError(f"count must be positive, got {count}")
-        self._add_limbs(t1, t2)
+        self._add_limbs(t1, t2, int(count))
         self._count += int(count)
         self.n_updates += 1
         return self
@@ -779,7 +784,7 @@ class SearchStatistics:
         xm = x if perm is None else x.index_select(0, perm)
         self.max_acc._fold_batch(xm, xm.amax(0), pl)
         m = self.moments
-        m._add_limbs(red["s1"], red["s2"])
+        m._add_limbs(red["s1"], red["s2"], int(x.shape[0]))
         m._count += int(x.shape[0])
         m.n_updates += 1
         return self

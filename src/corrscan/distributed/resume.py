@@ -71,12 +71,14 @@ def client_for(
 
 def load_progress(checkpoint: Checkpoint | None) -> dict[str, Any] | None:
     """The saved progress ``{"done": set of task keys, "state": ..., **extra}`` or ``None``."""
-    if checkpoint is None:
+    if checkpoint is None or not checkpoint.exists():
         return None
     saved = checkpoint.load()
-    if saved is None:
-        return None
-    if not isinstance(saved, dict) or "done" not in saved or "state" not in saved:
+    if (
+        not isinstance(saved, dict)
+        or not isinstance(saved.get("done"), list)
+        or "state" not in saved
+    ):
         raise InputError(
             f"checkpoint {checkpoint.path} does not hold chunk progress; delete it to restart"
         )

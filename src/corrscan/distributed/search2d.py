@@ -35,7 +35,13 @@ from corrscan.match2d.config import (
 )
 from corrscan.match2d.result import MatchTemplateResult
 
-__all__ = ["checkpoint_path_for", "run_search2d", "search2d", "search_fingerprint2d"]
+__all__ = [
+    "batch_search2d",
+    "checkpoint_path_for",
+    "run_search2d",
+    "search2d",
+    "search_fingerprint2d",
+]
 
 # one prepared search per worker process (keyed by the search fingerprint)
 _PREP_CACHE: dict[str, _chunks.Prepared2D] = {}
@@ -242,6 +248,7 @@ def run_search2d(
     overwrite: bool | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
+    client: Any = None,
     resume: bool = True,
     checkpoint_interval_s: float = 60.0,
     progress: bool | None = None,
@@ -281,6 +288,7 @@ def run_search2d(
         config=config_dict or cfg.model_dump(mode="json"),
         workers=workers,
         scheduler=scheduler,
+        client=client,
         checkpoint=ck,
         checkpoint_interval_s=checkpoint_interval_s,
         progress=progress,
@@ -301,3 +309,63 @@ def run_search2d(
         write_star(parts, cfg.output.particles_star)
     Checkpoint(ck, "").remove()
     return res, parts, path
+
+
+def batch_search2d(
+    cfg: MatchTemplateConfig,
+    inputs: str | Path | list[str | Path],
+    out_dir: str | Path,
+    *,
+    skip_done: bool = True,
+    stop_on_error: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    resume: bool = True,
+    checkpoint_interval_s: float = 60.0,
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """Search many micrographs with one configuration; one bundle each, one summary table.
+
+    Parameters
+    ----------
+    cfg
+        The configuration; its ``micrograph_path`` is replaced by each input and its
+        ``output.bundle_path`` by ``out_dir / <micrograph stem>``.
+    inputs
+        Glob pattern, CSV or STAR list, or explicit paths
+        (:func:`corrscan.distributed.batch.list_inputs`).
+    out_dir
+        Folder of the bundles and of ``summary.csv`` (one row per input: status
+        ``done``/``skipped``/``failed``, error message, seconds, particles, best z-score).
+    skip_done
+        Skip inputs whose bundle is complete; an interrupted input resumes from its checkpoint.
+    workers, scheduler, client
+        One cluster for the whole batch (each micrograph's orientation chunks run on it).
+    """
+    from corrscan.distributed.batch import list_inputs, run_batch
+
+    paths = list_inputs(inputs)
+    with client_for(client, workers, scheduler) as cl:
+
+        def run_one(src: Path, dest: Path) -> dict[str, Any]:
+            one = cfg.model_copy(
+                update={
+                    "micrograph_path": str(src),
+                    "output": cfg.output.model_copy(
+                        update={"bundle_path": str(dest), "particles_csv": None,
+                                "particles_star": None}
+                    ),
+                }
+            )  # fmt: skip
+            res, parts, _ = run_search2d(
+                one, client=cl, resume=resume, checkpoint_interval_s=checkpoint_interval_s,
+                progress=progress,
+            )  # fmt: skip
+            return {
+                "n_particles": len(parts),
+                "max_zscore": float(res.maps["scaled_mip"].max()),
+                "total_correlations": res.total_correlations,
+            }
+
+        return run_batch(paths, run_one, out_dir, skip_done=skip_done, stop_on_error=stop_on_error)

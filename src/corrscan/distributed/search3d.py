@@ -22,16 +22,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from corrscan.core.arrays import as_numpy
 from corrscan.core.checkpoint import Checkpoint, fingerprint
-from corrscan.distributed.resume import client_for, load_progress, run_tasks
-from corrscan.errors import InputError
+from corrscan.distributed.resume import (
+    checkpoint_path_for,
+    client_for,
+    load_progress,
+    run_tasks,
+)
+from corrscan.errors import InputError, ResultExistsError
 from corrscan.match3d import chunks as _chunks
 from corrscan.match3d.filters import FilterConfig
 from corrscan.match3d.results import MatchResult
 
-__all__ = ["search3d", "search_fingerprint3d"]
+__all__ = ["batch_search3d", "read_pair", "run_search3d", "search3d", "search_fingerprint3d"]
 
 _PREP_CACHE: dict[str, _chunks.Prepared3D] = {}
 
@@ -211,3 +217,113 @@ def search3d(
         "resumed": saved is not None,
     }
     return res
+
+
+def read_pair(
+    tomogram: str | Path, template: str | Path, pixel_size: float | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Tomogram and template as float32 arrays and the voxel size (Å) they share.
+
+    The voxel sizes in the two headers must agree within 0.1 % (else :class:`InputError`
+    naming both files); ``pixel_size`` overrides the headers (for files without one).
+    """
+    from corrscan.core.io import read_image
+
+    tomo, vs_t = read_image(tomogram)
+    tmpl, vs_g = read_image(template)
+    tomo = np.asarray(tomo, dtype=np.float32)
+    tmpl = np.asarray(tmpl, dtype=np.float32)
+    if pixel_size is None:
+        if vs_t and vs_g and abs(vs_t - vs_g) > 1e-3 * max(vs_t, vs_g):
+            raise InputError(
+                f"voxel sizes differ: {tomogram} has {vs_t:.4g} Å, {template} has {vs_g:.4g} Å; "
+                "resample the template to the tomogram's voxel size (or pass pixel_size if a "
+                "header is wrong)"
+            )
+        pixel_size = float(vs_t or vs_g or 1.0)
+    return tomo, tmpl, float(pixel_size)
+
+
+def run_search3d(
+    tomogram: Any,
+    template: Any,
+    output: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = True,
+    checkpoint_interval_s: float = 60.0,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    progress: bool | None = None,
+    **search_kwargs: Any,
+) -> MatchResult:
+    """Search and write the result bundle, with a checkpoint next to it.
+
+    ``tomogram`` / ``template`` are arrays or file paths (:func:`read_pair` checks that their
+    voxel sizes agree); ``search_kwargs`` are those of :func:`search3d`. A finished bundle at
+    ``output`` raises :class:`ResultExistsError` before any work unless ``overwrite``. The
+    checkpoint ``<output>.checkpoint.pt`` is resumed when ``resume`` (else deleted first) and
+    removed once the bundle is written.
+    """
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise ResultExistsError(
+            f"{output} already exists: pass --overwrite to replace it or choose another output"
+        )
+    if isinstance(tomogram, (str, Path)) and isinstance(template, (str, Path)):
+        tomogram, template, ps = read_pair(tomogram, template, search_kwargs.get("pixel_size"))
+        search_kwargs["pixel_size"] = ps
+    output.parent.mkdir(parents=True, exist_ok=True)
+    ck = checkpoint_path_for(output)
+    if not resume:
+        ck.unlink(missing_ok=True)
+    res = search3d(
+        tomogram, template, workers=workers, scheduler=scheduler, client=client, checkpoint=ck,
+        checkpoint_interval_s=checkpoint_interval_s, progress=progress, **search_kwargs,
+    )  # fmt: skip
+    res.write(output, overwrite=overwrite)
+    ck.unlink(missing_ok=True)
+    return res
+
+
+def batch_search3d(
+    inputs: str | Path | list[str | Path],
+    template: str | Path,
+    out_dir: str | Path,
+    *,
+    skip_done: bool = True,
+    stop_on_error: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    resume: bool = True,
+    checkpoint_interval_s: float = 60.0,
+    progress: bool | None = None,
+    **search_kwargs: Any,
+) -> pd.DataFrame:
+    """Search many tomograms (glob, CSV or STAR list) for one template; one summary table.
+
+    Each tomogram's bundle is ``out_dir / <tomogram stem>``; finished ones are skipped
+    (status ``skipped``), interrupted ones resume from their checkpoint; ``summary.csv`` has
+    one row per input (status, error, seconds, rotations, best score, score mean/std).
+    """
+    from corrscan.distributed.batch import list_inputs, run_batch
+
+    paths = list_inputs(inputs)
+    with client_for(client, workers, scheduler) as cl:
+
+        def run_one(src: Path, dest: Path) -> dict[str, Any]:
+            res = run_search3d(
+                src, template, dest, client=cl, resume=resume,
+                checkpoint_interval_s=checkpoint_interval_s, progress=progress,
+                **search_kwargs,
+            )  # fmt: skip
+            return {
+                "n_rotations": res.n_rotations,
+                "max_score": float(np.max(res.scores)),
+                "score_mean": res.score_mean,
+                "score_std": res.score_std,
+            }
+
+        return run_batch(paths, run_one, out_dir, skip_done=skip_done, stop_on_error=stop_on_error)

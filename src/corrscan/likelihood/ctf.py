@@ -28,7 +28,7 @@ __all__ = ["CtfParams", "ctf_at", "ctf_polar"]
 
 
 def _arr(x, n: int, name: str) -> np.ndarray:
-    a = np.asarray(x, dtype=np.float64).reshape(-1)
+    a = np.array(x, dtype=np.float64).reshape(-1)  # own, writable copy
     if a.size == 1:
         a = np.full(n, float(a[0]))
     if a.size != n:

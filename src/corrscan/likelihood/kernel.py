@@ -195,7 +195,7 @@ class _Prepared:
     """Device tensors shared by all batches."""
 
     w_n: torch.Tensor  # (N,) point weights
-    phases: torch.Tensor  # (D, N, W) exp(+2πi k·d)
+    phases_c: torch.Tensor  # (D, N, W) exp(-2πi k·d) (conjugated image-side phase)
     s: torch.Tensor  # (N, W) box transform
     iss: float
     n_modes: int  # Q = W/2 + 1
@@ -215,7 +215,7 @@ def _prepare(
     iss = float((w_n[:, None] * s.abs() ** 2).sum())
     return _Prepared(
         w_n=w_n.to(rdt),
-        phases=phases,
+        phases_c=phases.conj().resolve_conj(),
         s=s.to(cdt),
         iss=iss,
         n_modes=grid.n_inplanes // 2 + 1,
@@ -228,7 +228,8 @@ def _template_side(t: torch.Tensor, pr: _Prepared) -> tuple[torch.Tensor, torch.
     """`(Sb, N, W)` -> ``Bt`` `(Q, N, Sb)` (ω-weighted angular DFT) and ``Bc`` `(P, N, Sb)`."""
     b = torch.fft.fft(t, dim=-1)[..., : pr.n_modes] * pr.w_n[:, None]
     bt = b.permute(2, 1, 0).contiguous()
-    t2 = t[..., : pr.half].abs() ** 2
+    th = torch.view_as_real(t[..., : pr.half])
+    t2 = th.square().sum(dim=-1)
     bc = torch.fft.rfft(t2, dim=-1) * (2.0 * pr.w_n)[:, None]
     return bt, bc.permute(2, 1, 0).contiguous()
 
@@ -240,22 +241,30 @@ def _image_side(
     the box mask scaled by ``1/sqrt(I_ss)``), ``Ac`` `(P, Mb, N)`, ``I_yy`` and
     ``u = I_sy / sqrt(I_ss)`` `(Mb,)`."""
     mb, n, w = img.shape
-    d = pr.phases.shape[0]
+    d = pr.phases_c.shape[0]
     k = 2 if with_mask else 1
+    # conj(Ã_q) = Σ_j conj(a_j) e^{+2πiqj/W}: an unnormalised inverse DFT of conj(a).
     buf = torch.empty((k, mb, d, n, w), dtype=img.dtype, device=img.device)
-    torch.mul((ctf * img)[:, None], pr.phases[None], out=buf[0])
+    torch.mul((ctf * img.conj())[:, None], pr.phases_c[None], out=buf[0])
     s_n = pr.s / math.sqrt(pr.iss)
     if with_mask:
-        torch.mul((ctf * s_n)[:, None], pr.phases[None], out=buf[1])
-    rows = torch.fft.fft(buf, dim=-1)[..., : pr.n_modes].conj()
+        torch.mul((ctf * s_n.conj())[:, None], pr.phases_c[None], out=buf[1])
+    rows = torch.fft.ifft(buf, dim=-1, norm="forward")[..., : pr.n_modes]
     del buf
-    rows = rows.reshape(-1, n, pr.n_modes).permute(2, 0, 1).contiguous()
+    rows = _to_mode_major(rows.reshape(-1, n, pr.n_modes))  # (Q, K·Mb·D, N)
     c2 = ctf[..., : pr.half] ** 2
     ac = torch.fft.rfft(c2, dim=-1).conj().permute(2, 0, 1).contiguous()
     wn = pr.w_n[:, None]
     iyy = (wn * img.abs() ** 2).sum(dim=(-2, -1))
     u = (wn * (s_n.conj() * img).real).sum(dim=(-2, -1))
     return rows, ac, iyy, u
+
+
+def _to_mode_major(x: torch.Tensor) -> torch.Tensor:
+    """`(R, N, Q)` -> contiguous `(Q, R, N)`; complex64 moved as float64 words (faster copy)."""
+    if x.dtype == torch.complex64 and x.is_contiguous():
+        return x.view(torch.float64).permute(2, 0, 1).contiguous().view(torch.complex64)
+    return x.permute(2, 0, 1).contiguous()
 
 
 def _loglik_inplace(

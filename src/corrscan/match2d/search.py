@@ -294,7 +294,10 @@ class SearchPlan:
             placement=self.placement,
             chunk=self.chunk,
             device=device,
-            extras=self.extras,
+            extras={
+                k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+                for k, v in self.extras.items()
+            },
         )
 
 
@@ -311,10 +314,11 @@ def _correlate_batch(plan: SearchPlan, state: _FusedState, start: int, stop: int
         proj = subtract_edge_mean(slices_to_images(plan.template, slices))  # (B, h, h)
         for c0 in range(0, stop - start, plan.chunk):
             c1 = min(c0 + plan.chunk, stop - start)
-            pft = torch.fft.rfft2(proj[c0:c1], s=(h_img, w_img))  # (c, H, Wr)
-            pw = (pft.real.square() + pft.imag.square()).reshape(c1 - c0, -1)
-            var = plan.noise_weights @ pw.T  # (n_def, c)
-            inv = torch.rsqrt(var.clamp_min(1e-30) / (n_pix * n_pix))
+            pc = proj[c0:c1]
+            # zero-padded forward FFT, pruned: x-transform of the D non-zero rows only
+            pft = torch.fft.fft(torch.fft.rfft(pc, n=w_img, dim=-1), n=h_img, dim=-2)
+            var = _noise_variance(plan, pc, pft)  # (n_def, c)
+            inv = torch.rsqrt(var.clamp_min(1e-30))
             spec = plan.filters[:, None] * pft.conj()[None]  # (n_def, c, H, Wr)
             cc = torch.fft.irfft2(spec, s=(h_img, w_img))
             o_idx = torch.arange(start + c0, start + c1, device=dev, dtype=torch.int64)
@@ -335,6 +339,34 @@ def _correlate_batch(plan: SearchPlan, state: _FusedState, start: int, stop: int
             o_idx = torch.arange(start + c0, start + c1, device=dev, dtype=torch.int64)
             item = (o_idx[None, :] * n_def + d_idx[:, None]).reshape(-1)
             state.update(cc.view(-1, h_img, w_img), item)
+
+
+def _lag_indices(shape: tuple[int, int], box: int, device: torch.device) -> torch.Tensor:
+    """Flat indices, in an array of ``shape``, of the lags ``|dy|, |dx| <= box - 1`` (wrapped)."""
+    lags = torch.arange(-(box - 1), box, device=device)
+    iy = lags % shape[0]
+    ix = lags % shape[1]
+    return (iy[:, None] * shape[1] + ix[None, :]).reshape(-1)
+
+
+def _noise_variance(plan: SearchPlan, proj: torch.Tensor, pft: torch.Tensor) -> torch.Tensor:
+    """``σ²[d, c] = Σ_{k≠0} S(k) G_d(k)² |P_c(k)|² / N²`` for a chunk of projections.
+
+    Computed exactly in real space when the grid allows it: ``σ² = Σ_r a_d(r) ρ_c(r) / N`` with
+    ``a_d = irfft2(S G_d²)`` (precomputed, restricted to lags ``|r| < D``) and ``ρ_c`` the
+    projection's autocorrelation (small FFTs of size ``2D``), which avoids a pass over the
+    large spectrum; otherwise from ``|P|²`` on the large grid.
+    """
+    if plan.extras.get("noise_kernel") is not None:
+        box = proj.shape[-1]
+        m = 2 * box
+        q = torch.fft.rfft2(proj, s=(m, m))
+        rho = torch.fft.irfft2(q.real.square() + q.imag.square(), s=(m, m))
+        rho = rho.reshape(proj.shape[0], -1)[:, plan.extras["small_lags"]]
+        return plan.extras["noise_kernel"] @ rho.T
+    pw = (pft.real.square() + pft.imag.square()).reshape(pft.shape[0], -1)
+    n_pix = plan.image_shape[0] * plan.image_shape[1]
+    return plan.noise_weights @ pw.T / (n_pix * n_pix)
 
 
 def _bytes_per_orientation(plan_shape: tuple[int, int], box: int, n_def: int, chunk: int) -> int:
@@ -502,8 +534,17 @@ def match_template(
         filters = spectrum[None] * g
         wts = rfft_weights((h_img, w_img), device=dev0).clone()
         wts[0, 0] = 0
-        wts = wts * noise_power_grid(spectrum)
+        s_grid = noise_power_grid(spectrum)
+        wts = wts * s_grid
         noise_weights = (wts[None] * g.square()).reshape(n_def, -1).contiguous()
+        extras: dict[str, Any] = {}
+        if h_img >= 2 * box - 1 and w_img >= 2 * box - 1:
+            a_half = s_grid.double()[None] * g.double().square()
+            a_half[:, 0, 0] = 0
+            kern = torch.fft.irfft2(a_half, s=(h_img, w_img)).reshape(n_def, -1)
+            big = _lag_indices((h_img, w_img), box, dev0)
+            extras["noise_kernel"] = (kern[:, big] / (h_img * w_img)).to(torch.float32)
+            extras["small_lags"] = _lag_indices((2 * box, 2 * box), box, dev0)
         del g
     else:
         phi_box = combined_filter(img_d, (box, box), preprocessing, pixel_size=pixel_size)
@@ -511,6 +552,7 @@ def match_template(
             (box, box), optics, defocus.to(dev0), phi_box, pixel_size=pixel_size
         )
         noise_weights = None
+        extras = {}
 
     # --- batch planning ---
     cpu = dev0.type == "cpu"
@@ -546,6 +588,7 @@ def match_template(
         placement=compute.ctf_placement,
         chunk=chunk,
         device=dev0,
+        extras=extras,
     )
     t_prep = time.perf_counter()
 

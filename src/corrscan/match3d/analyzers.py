@@ -50,7 +50,7 @@ __all__ = [
 _FUSED: dict[str, Any] = {}
 
 
-def _fused_update(scores, scale, cur, rot, idx):  # noqa: ANN001, ANN202 (compiled kernel)
+def _fused_update(scores, scale, cur, rot, idx):
     """One pass: scale, strict-greater max update, index update, sum and sum of squares."""
     s = scores * scale
     take = s > cur
@@ -59,7 +59,7 @@ def _fused_update(scores, scale, cur, rot, idx):  # noqa: ANN001, ANN202 (compil
     return s.sum(), (s * s).sum()
 
 
-def _fused_kernel():  # noqa: ANN202
+def _fused_kernel():
     k = _FUSED.get("update")
     if k is None:
         k = torch.compile(_fused_update, dynamic=False, fullgraph=True)
@@ -137,8 +137,10 @@ class MaxScoreOverRotations:
         self.shape = tuple(int(s) for s in shape)
         if any(s < 1 for s in self.shape):
             raise InputError(f"analyzer shape must be positive, got {self.shape}")
-        self.offset = np.zeros(len(self.shape), dtype=np.int64) if offset is None else (
-            np.asarray(offset, dtype=np.int64).reshape(-1)
+        self.offset = (
+            np.zeros(len(self.shape), dtype=np.int64)
+            if offset is None
+            else (np.asarray(offset, dtype=np.int64).reshape(-1))
         )
         if self.offset.shape != (len(self.shape),):
             raise InputError(f"offset {tuple(self.offset)} does not match shape {self.shape}")
@@ -186,7 +188,8 @@ class MaxScoreOverRotations:
         """
         s = _as_tensor(scores)
         r = np.asarray(
-            rotation_matrix.detach().cpu() if isinstance(rotation_matrix, torch.Tensor)
+            rotation_matrix.detach().cpu()
+            if isinstance(rotation_matrix, torch.Tensor)
             else rotation_matrix,
             dtype=np.float32,
         )
@@ -260,8 +263,11 @@ class MaxScoreOverRotations:
             except Exception as exc:  # pragma: no cover - depends on the compiler toolchain
                 import warnings
 
-                warnings.warn(f"fused analyzer kernel unavailable ({exc}); using eager torch",
-                              RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"fused analyzer kernel unavailable ({exc}); using eager torch",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
                 self.fused = False
         if scale is not None:
             scores = scores.mul_(scale)
@@ -412,8 +418,13 @@ class MaxScoreOverRotations:
                 scores, offset, rot, mapping = p[:4]
                 stats = {}
             items.append(
-                (np.asarray(scores), np.asarray(offset, dtype=np.int64), np.asarray(rot),
-                 mapping, stats)
+                (
+                    np.asarray(scores),
+                    np.asarray(offset, dtype=np.int64),
+                    np.asarray(rot),
+                    mapping,
+                    stats,
+                )
             )
         if not items:
             raise InputError("merge needs at least one result")
@@ -423,9 +434,14 @@ class MaxScoreOverRotations:
         output_shape = tuple(int(v) for v in output_shape)
         if score_threshold is None:
             score_threshold = min(thresholds) if thresholds else -math.inf
-        out = cls(output_shape, offset=np.zeros(ndim, dtype=np.int64),
-                  score_threshold=score_threshold, use_memmap=use_memmap, thread_safe=False,
-                  only_unique_rotations=only_unique_rotations)
+        out = cls(
+            output_shape,
+            offset=np.zeros(ndim, dtype=np.int64),
+            score_threshold=score_threshold,
+            use_memmap=use_memmap,
+            thread_safe=False,
+            only_unique_rotations=only_unique_rotations,
+        )
         cur, cur_rot = out._scores, out._rotations
         for scores, offset, rot, mapping, stats in items:
             if np.any(offset < 0) or np.any(offset + np.array(scores.shape) > output_shape):
@@ -438,8 +454,9 @@ class MaxScoreOverRotations:
                 lut[int(i)] = out._register(m)
             new_rot = torch.from_numpy(lut[rot.astype(np.int64)])
             new_s = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
-            region = tuple(slice(int(o), int(o) + n) for o, n in zip(offset, scores.shape,
-                                                                       strict=True))
+            region = tuple(
+                slice(int(o), int(o) + n) for o, n in zip(offset, scores.shape, strict=True)
+            )
             c, cr = cur[region], cur_rot[region]
             valid = new_rot >= 0
             take = (new_s > c) | ((new_s == c) & valid & ((new_rot < cr) | (cr < 0)))
@@ -485,13 +502,17 @@ class MaxScoreOverTranslations:
         self.n_rotations = int(n_rotations)
         if self.n_rotations < 1:
             raise InputError(f"n_rotations must be >= 1, got {n_rotations}")
-        axes = tuple(range(len(self.shape))) if aggregate_axis is None else tuple(
-            int(a) % len(self.shape) for a in aggregate_axis
+        axes = (
+            tuple(range(len(self.shape)))
+            if aggregate_axis is None
+            else tuple(int(a) % len(self.shape) for a in aggregate_axis)
         )
         self.aggregate_axis = axes
         kept = tuple(s for i, s in enumerate(self.shape) if i not in axes)
-        self.offset = np.zeros(len(self.shape), dtype=np.int64) if offset is None else (
-            np.asarray(offset, dtype=np.int64)
+        self.offset = (
+            np.zeros(len(self.shape), dtype=np.int64)
+            if offset is None
+            else (np.asarray(offset, dtype=np.int64))
         )
         self.score_threshold = float(score_threshold)
         self._scores = torch.full((self.n_rotations, *kept), self.score_threshold)
@@ -501,8 +522,11 @@ class MaxScoreOverTranslations:
     def __call__(self, scores: Any, rotation_matrix: Any) -> None:
         """Add one score map for ``rotation_matrix`` (index = order of first appearance)."""
         r = np.asarray(
-            rotation_matrix.detach().cpu() if isinstance(rotation_matrix, torch.Tensor)
-            else rotation_matrix, dtype=np.float32)
+            rotation_matrix.detach().cpu()
+            if isinstance(rotation_matrix, torch.Tensor)
+            else rotation_matrix,
+            dtype=np.float32,
+        )
         key = _key(r)
         if key not in self._keys:
             idx = len(self._keys)
@@ -540,8 +564,12 @@ class MaxScoreOverTranslations:
         stores = list(param_stores)
         if not stores:
             raise InputError("merge needs at least one result")
-        out = cls(stores[0].shape, stores[0].n_rotations, stores[0].aggregate_axis,
-                  score_threshold=min(s.score_threshold for s in stores))
+        out = cls(
+            stores[0].shape,
+            stores[0].n_rotations,
+            stores[0].aggregate_axis,
+            score_threshold=min(s.score_threshold for s in stores),
+        )
         for s in stores:
             if s._scores.shape != out._scores.shape:
                 raise InputError("MaxScoreOverTranslations.merge: output shapes differ")
@@ -585,8 +613,9 @@ class MaxScoreOverRotationsConstrained(MaxScoreOverRotations):
         score_threshold: float = 0.0,
         thread_safe: bool = True,
     ) -> None:
-        super().__init__(shape, offset=offset, score_threshold=score_threshold,
-                         thread_safe=thread_safe)
+        super().__init__(
+            shape, offset=offset, score_threshold=score_threshold, thread_safe=thread_safe
+        )
         pos = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
         if len(pos) == 0:
             raise InputError("constrained search needs at least one seed position")
@@ -597,8 +626,10 @@ class MaxScoreOverRotationsConstrained(MaxScoreOverRotations):
         self.reference = ref / np.linalg.norm(ref)
         if cone_angle is not None and rotations is None:
             raise InputError("cone_angle needs the seed rotations")
-        self._seed_axes = None if rotations is None else (
-            np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3) @ self.reference
+        self._seed_axes = (
+            None
+            if rotations is None
+            else (np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3) @ self.reference)
         )
         # label map: nearest seed within the acceptance radius, else -1
         from scipy.spatial import cKDTree
@@ -619,11 +650,18 @@ class MaxScoreOverRotationsConstrained(MaxScoreOverRotations):
         cos = axes @ self._seed_axes.T
         return cos >= math.cos(math.radians(self.cone_angle)) - 1e-9
 
-    def update(self, scores, indices, matrices=None):  # noqa: D102 (documented in base)
+    def update(self, scores, indices, matrices=None, scale=None):
         if matrices is None:
             matrices = np.stack([self._matrices[int(i)] for i in indices.tolist()])
-        acc = torch.from_numpy(self.accepted(np.asarray(
-            matrices.detach().cpu() if isinstance(matrices, torch.Tensor) else matrices)))
+        acc = torch.from_numpy(
+            self.accepted(
+                np.asarray(
+                    matrices.detach().cpu() if isinstance(matrices, torch.Tensor) else matrices
+                )
+            )
+        )
         lab = self._label.clamp(min=0)
         allowed = acc[:, lab] & self._inside  # (B, *shape)
+        if scale is not None:
+            scores = scores * scale
         super().update(scores * allowed.to(scores.dtype), indices, matrices)

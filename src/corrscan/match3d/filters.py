@@ -48,10 +48,10 @@ __all__ = [
     "FilterConfig",
     "continuous_wedge",
     "ctf_weights",
-    "template_filter",
     "target_filter",
-    "tilt_weights",
+    "template_filter",
     "tilt_wedge",
+    "tilt_weights",
 ]
 
 
@@ -113,7 +113,9 @@ def continuous_wedge(
 ) -> torch.Tensor:
     """Binary continuous wedge ``rfft_shape(shape)`` float32 (1 = measured)."""
     if not -90.0 <= theta_min < theta_max <= 90.0:
-        raise InputError(f"wedge must satisfy -90 <= min < max <= 90, got ({theta_min}, {theta_max})")
+        raise InputError(
+            f"wedge must satisfy -90 <= min < max <= 90, got ({theta_min}, {theta_max})"
+        )
     k = _freq_xyz(shape)
     kx, ky, kz = k[..., 0], k[..., 1], k[..., 2]
     u = kx if tilt_axis == "y" else -ky
@@ -232,7 +234,7 @@ def template_filter(
     """Product of the configured template filters on the rfft grid of ``shape``, or None."""
     if cfg.is_identity():
         return None
-    filt = torch.ones(shape[:-1] + (shape[-1] // 2 + 1,), dtype=torch.float32)
+    filt = torch.ones((*shape[:-1], shape[-1] // 2 + 1), dtype=torch.float32)
     per_tilt_ctf = cfg.defocus is not None and cfg.ctf_mode == "per-tilt"
     if per_tilt_ctf and cfg.tilt_angles is None:
         raise InputError("ctf_mode='per-tilt' needs tilt_angles")
@@ -267,7 +269,7 @@ def target_filter(
     has_bp = cfg.lowpass_angstrom is not None or cfg.highpass_angstrom is not None
     if not has_bp and not cfg.whiten:
         return None
-    filt = torch.ones(shape[:-1] + (shape[-1] // 2 + 1,), dtype=torch.float32)
+    filt = torch.ones((*shape[:-1], shape[-1] // 2 + 1), dtype=torch.float32)
     if has_bp:
         filt = filt * bandpass_filter(
             shape, pixel_size=pixel_size, lowpass_angstrom=cfg.lowpass_angstrom,

@@ -73,8 +73,7 @@ def false_positive_cutoff(
     """
     if n_correlations <= 0 or not 0 < n_false_positives < n_correlations:
         raise InputError(
-            f"need 0 < n_false_positives ({n_false_positives}) < n_correlations "
-            f"({n_correlations})"
+            f"need 0 < n_false_positives ({n_false_positives}) < n_correlations ({n_correlations})"
         )
     return float(mean + std * math.sqrt(2.0) * erfcinv(2.0 * n_false_positives / n_correlations))
 
@@ -170,8 +169,12 @@ def _candidates(
         ok = (vals == mx[tuple(pos.T)]) & np.isfinite(vals)
         return np.ravel_multi_index(tuple(pos[ok].T), finite.shape)
     if method == "clustering":
-        thr = min_score if min_score is not None else np.nanmean(finite[np.isfinite(finite)]) + (
-            3.0 * np.nanstd(finite[np.isfinite(finite)]))
+        thr = (
+            min_score
+            if min_score is not None
+            else np.nanmean(finite[np.isfinite(finite)])
+            + (3.0 * np.nanstd(finite[np.isfinite(finite)]))
+        )
         flat = np.flatnonzero(finite >= thr)
         if len(flat) == 0:
             return flat
@@ -222,8 +225,10 @@ def _recursive(
             vals.append(v)
         if masks is not None:
             start, cube = masks(c)
-            sl = tuple(slice(max(s, 0), min(s + n, N)) for s, n, N in zip(start, cube.shape,
-                                                                          work.shape, strict=True))
+            sl = tuple(
+                slice(max(s, 0), min(s + n, N))
+                for s, n, N in zip(start, cube.shape, work.shape, strict=True)
+            )
             csl = tuple(slice(a.start - s, a.stop - s) for a, s in zip(sl, start, strict=True))
             region = work[sl]
             region[cube[csl]] = -np.inf
@@ -270,19 +275,23 @@ def call_peaks(
         raise InputError(f"num_peaks must be > 0, got {num_peaks}")
     if min_distance < 0:
         raise InputError(f"min_distance must be >= 0, got {min_distance}")
-    m = np.asarray(score_map.detach().cpu() if isinstance(score_map, torch.Tensor) else score_map,
-                   dtype=np.float64)
+    m = np.asarray(
+        score_map.detach().cpu() if isinstance(score_map, torch.Tensor) else score_map,
+        dtype=np.float64,
+    )
     if method == "recursive":
         return _recursive(
             m, num_peaks=num_peaks, min_distance=min_distance, min_score=min_score,
             max_score=max_score, min_boundary_distance=min_boundary_distance, masks=mask_fn,
         )  # fmt: skip
-    flat = _candidates(m, method, num_peaks=num_peaks, min_distance=min_distance,
-                       min_score=min_score)
+    flat = _candidates(
+        m, method, num_peaks=num_peaks, min_distance=min_distance, min_score=min_score
+    )
     coords = _coords_of(flat, m.shape)
     vals = m.ravel()[flat]
-    coords, vals = _filter(coords, vals, m.shape, min_boundary_distance=0,
-                           min_score=min_score, max_score=None)
+    coords, vals = _filter(
+        coords, vals, m.shape, min_boundary_distance=0, min_score=min_score, max_score=None
+    )
     # peaks above max_score or near the border are dropped after suppression, so they still
     # suppress their neighbourhood (their shoulders do not come back as peaks)
     bad = np.zeros(len(vals), dtype=bool)
@@ -291,8 +300,9 @@ def call_peaks(
     if min_boundary_distance > 0:
         b = int(min_boundary_distance)
         bad |= ~(np.all(coords >= b, axis=1) & np.all(coords < np.asarray(m.shape) - b, axis=1))
-    keep = _suppress(coords.astype(np.float64), vals, float(min_distance),
-                     num_peaks + int(bad.sum()))
+    keep = _suppress(
+        coords.astype(np.float64), vals, float(min_distance), num_peaks + int(bad.sum())
+    )
     keep = keep[~bad[keep]]
     return coords[keep][:num_peaks], vals[keep][:num_peaks]
 
@@ -303,8 +313,10 @@ def subvoxel_refine(score_map: Any, coords: np.ndarray) -> tuple[np.ndarray, np.
     Returns float ``(n, ndim)`` positions (offsets clamped to +-0.5; edges keep 0) and the
     fitted heights (the maximum of the per-axis parabola heights).
     """
-    m = np.asarray(score_map.detach().cpu() if isinstance(score_map, torch.Tensor) else score_map,
-                   dtype=np.float64)
+    m = np.asarray(
+        score_map.detach().cpu() if isinstance(score_map, torch.Tensor) else score_map,
+        dtype=np.float64,
+    )
     c = np.asarray(coords, dtype=np.int64).reshape(-1, m.ndim)
     out = c.astype(np.float64)
     y0 = m[tuple(c.T)] if len(c) else np.zeros(0)
@@ -384,8 +396,13 @@ class PeakCaller:
             rm = np.broadcast_to(np.asarray(rotation_matrix, dtype=np.float32), (len(vals), 3, 3))
         elif rotations is not None and rotation_mapping is not None:
             idx = np.asarray(rotations)[tuple(coords.T)]
-            rm = np.stack([np.asarray(rotation_mapping.get(int(i), np.eye(3)), np.float32)
-                           for i in idx]) if len(idx) else np.zeros((0, 3, 3), np.float32)
+            rm = (
+                np.stack(
+                    [np.asarray(rotation_mapping.get(int(i), np.eye(3)), np.float32) for i in idx]
+                )
+                if len(idx)
+                else np.zeros((0, 3, 3), np.float32)
+            )
         else:
             rm = np.broadcast_to(np.eye(3, dtype=np.float32), (len(vals), 3, 3))
         self._add(coords, np.asarray(rm), vals, np.full(len(vals), -1.0))
@@ -399,8 +416,9 @@ class PeakCaller:
         s = np.concatenate([self.scores, s])
         d = np.concatenate([self.details, d])
         order = np.argsort(-s, kind="stable")
-        keep = order[_suppress(t[order].astype(np.float64), s[order], self.min_distance,
-                               self.num_peaks)]
+        keep = order[
+            _suppress(t[order].astype(np.float64), s[order], self.min_distance, self.num_peaks)
+        ]
         self.translations, self.rotations = t[keep], r[keep]
         self.scores, self.details = s[keep], d[keep]
 
@@ -442,7 +460,7 @@ class PeakCallerMaximumFilter(PeakCaller):
 
 
 class PeakCallerFast(PeakCaller):
-    """Maximum per ``min_distance`` grid cell, kept if also the maximum within +-``min_distance``."""
+    """Maximum per ``min_distance`` grid cell, kept if also the maximum within +-min_distance."""
 
     method = "fast"
 

@@ -95,8 +95,9 @@ class MatchResult:
         """Score above which ``n_false_positives`` noise peaks are expected over the search."""
         from corrscan.match3d.peaks import false_positive_cutoff
 
-        return false_positive_cutoff(self.score_count, n_false_positives, mean=self.score_mean,
-                                     std=self.score_std)
+        return false_positive_cutoff(
+            self.score_count, n_false_positives, mean=self.score_mean, std=self.score_std
+        )
 
     def peaks(
         self,
@@ -167,8 +168,13 @@ class MatchResult:
         return df
 
     # ------------------------------------------------------------------ bundles
-    def write(self, path: str | os.PathLike, *, overwrite: bool = False,
-              tables: dict[str, pd.DataFrame] | None = None) -> Path:
+    def write(
+        self,
+        path: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        tables: dict[str, pd.DataFrame] | None = None,
+    ) -> Path:
         """Write the result bundle (see module docstring); returns its path."""
         path = Path(path)
         if path.exists() and not overwrite:
@@ -215,7 +221,7 @@ class MatchResult:
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != "corrscan.match3d.result/1":
             raise FileFormatError(f"{meta_path}: unknown format {meta.get('format')!r}")
-        scores, vs = _read_mrc(path / "scores.mrc")
+        scores, _vs = _read_mrc(path / "scores.mrc")
         ri, _ = _read_mrc(path / "rotation_index.mrc")
         rdf = pd.read_csv(path / "rotations.csv")
         rot = rdf[[f"r{i}{j}" for i in range(3) for j in range(3)]].to_numpy().reshape(-1, 3, 3)
@@ -323,8 +329,9 @@ def read_table(
         raise FileFormatError(f"{path}: no RELION coordinate columns")
     eul = df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float)
     mats = relion_euler_to_matrices(eul)
-    out = pd.DataFrame({"z": z, "y": y, "x": x, "rot": eul[:, 0], "tilt": eul[:, 1],
-                        "psi": eul[:, 2]})
+    out = pd.DataFrame(
+        {"z": z, "y": y, "x": x, "rot": eul[:, 0], "tilt": eul[:, 1], "psi": eul[:, 2]}
+    )
     if "rlnAutopickFigureOfMerit" in df:
         out["score"] = df["rlnAutopickFigureOfMerit"].to_numpy(float)
     for i in range(3):

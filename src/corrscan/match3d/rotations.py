@@ -76,8 +76,11 @@ def _zyz_active_angles(matrices: np.ndarray) -> np.ndarray:
     gimbal = np.sin(b) < 1e-6
     a = np.arctan2(r[..., 2, 1], -r[..., 2, 0])
     c = np.arctan2(r[..., 1, 2], r[..., 0, 2])
-    c_g = np.where(r[..., 2, 2] > 0, np.arctan2(r[..., 1, 0], r[..., 0, 0]),
-                   np.arctan2(-r[..., 1, 0], -r[..., 0, 0]))
+    c_g = np.where(
+        r[..., 2, 2] > 0,
+        np.arctan2(r[..., 1, 0], r[..., 0, 0]),
+        np.arctan2(-r[..., 1, 0], -r[..., 0, 0]),
+    )
     a = np.where(gimbal, 0.0, a)
     c = np.where(gimbal, c_g, c)
     return np.rad2deg(np.stack([a, b, c], axis=-1))

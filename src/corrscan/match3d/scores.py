@@ -125,9 +125,7 @@ class BoxScorer:
         self._spec = torch.empty((b, *rn), dtype=torch.complex64, **opts)
         self._out = torch.empty((b, *n), dtype=torch.float32, **opts)
         n_extra = {"FLC": 2, "MCC": 5}.get(score, 0)
-        self._spec2 = (
-            torch.empty((b, *rn), dtype=torch.complex64, **opts) if n_extra else None
-        )
+        self._spec2 = torch.empty((b, *rn), dtype=torch.complex64, **opts) if n_extra else None
         self._outs = [torch.empty((b, *n), dtype=torch.float32, **opts) for _ in range(n_extra)]
         self._spec3 = (
             torch.empty((b, *rn), dtype=torch.complex64, **opts) if score == "MCC" else None
@@ -177,8 +175,7 @@ class BoxScorer:
         buf = torch.zeros(self.fft_shape, dtype=torch.float32, device=self.device)
         d, h, w = x.shape
         buf[:d, :h, :w] = x
-        shifts = tuple(-(s - 1 - c) for s, c in zip(self.template_shape, self.center,
-                                                    strict=True))
+        shifts = tuple(-(s - 1 - c) for s, c in zip(self.template_shape, self.center, strict=True))
         buf = torch.roll(buf, shifts=shifts, dims=(0, 1, 2))
         return torch.fft.rfftn(buf, dim=self._dims)
 

@@ -50,17 +50,18 @@ def _is_radial(mask: np.ndarray) -> bool:
     grids = np.meshgrid(*(np.arange(s) - s // 2 for s in mask.shape), indexing="ij")
     r2 = np.rint(sum(g.astype(np.float64) ** 2 for g in grids)).astype(np.int64).ravel()
     v = mask.ravel().astype(np.float64)
-    # voxels whose centres are further than the inscribed sphere may be cut by the box
-    inside = r2 <= (min(mask.shape) // 2 - 1) ** 2
+    tol = 0.01 * max(float(np.abs(v).max()), 1e-12)
+    # beyond the inscribed sphere the box cuts the shells: the mask must vanish there
+    if np.any(np.abs(v[r2 > (min(mask.shape) // 2) ** 2]) > tol):
+        return False
+    inside = r2 <= (min(mask.shape) // 2) ** 2
     r2, v = r2[inside], v[inside]
     order = np.argsort(r2, kind="stable")
     r2, v = r2[order], v[order]
     _, start = np.unique(r2, return_index=True)
     vmax = np.maximum.reduceat(v, start)
     vmin = np.minimum.reduceat(v, start)
-    tol = 0.01 * max(float(np.abs(v).max()), 1e-12)
-    outside_ok = True
-    return bool(np.all(vmax - vmin <= tol)) and outside_ok
+    return bool(np.all(vmax - vmin <= tol))
 
 
 def split_boxes(
@@ -81,7 +82,9 @@ def split_boxes(
             raise InputError(
                 f"target_splits: axis {a} of size {shape[a]} cannot be cut into {n} pieces"
             )
-    edges = [np.linspace(0, s, n + 1).round().astype(int) for s, n in zip(shape, pieces, strict=True)]
+    edges = [
+        np.linspace(0, s, n + 1).round().astype(int) for s, n in zip(shape, pieces, strict=True)
+    ]
     boxes = []
     for idx in itertools.product(*(range(n) for n in pieces)):
         start = tuple(int(edges[a][i]) for a, i in enumerate(idx))
@@ -202,8 +205,8 @@ def match_template(
     fused
         Fuse normalisation, max/argmax update and statistics into one ``torch.compile``d
         kernel (one pass over the score map instead of about six). Default: on for CPU
-        searches with FFT boxes of at least ``96^3`` voxels and at least 200 rotation-boxes
-        (compiling costs a few seconds once per shape; cached on disk by torch).
+        searches with FFT boxes of at least ``96^3`` voxels and at least 2000 rotation-boxes
+        (compiling costs seconds to a minute once per shape; then cached on disk by torch).
 
     Returns
     -------
@@ -220,8 +223,12 @@ def match_template(
     if not pixel_size > 0:
         raise InputError(f"pixel_size must be > 0 Å, got {pixel_size}")
     dev = resolve_device(device)
-    fcfg = FilterConfig() if filters is None else (
-        filters if isinstance(filters, FilterConfig) else FilterConfig.from_dict(dict(filters))
+    fcfg = (
+        FilterConfig()
+        if filters is None
+        else (
+            filters if isinstance(filters, FilterConfig) else FilterConfig.from_dict(dict(filters))
+        )
     )
     tomo = _to_np(tomogram, "tomogram")
     tmpl = _to_np(template, "template")
@@ -230,8 +237,11 @@ def match_template(
             f"template {tmpl.shape} is larger than the tomogram {tomo.shape} on some axis: "
             "crop the template or use a larger tomogram"
         )
-    mask = spherical_mask(tmpl.shape) if template_mask is None else _to_np(
-        template_mask, "template_mask")
+    mask = (
+        spherical_mask(tmpl.shape)
+        if template_mask is None
+        else _to_np(template_mask, "template_mask")
+    )
     if mask.shape != tmpl.shape:
         raise InputError(f"template_mask {mask.shape} must match the template {tmpl.shape}")
     if score == "FLCSphericalMask" and not _is_radial(mask):
@@ -302,8 +312,11 @@ def match_template(
         )
     centre = tuple(s // 2 for s in tmpl.shape)
     lo = centre if pad_edges else (0, 0, 0)
-    hi = tuple(s - 1 - c for s, c in zip(tmpl.shape, centre, strict=True)) if pad_edges else (
-        0, 0, 0)
+    hi = (
+        tuple(s - 1 - c for s, c in zip(tmpl.shape, centre, strict=True))
+        if pad_edges
+        else (0, 0, 0)
+    )
     pad_width = list(zip(lo, hi, strict=True))
     f_pad = np.pad(f, pad_width, mode="symmetric") if pad_edges else f
     t_pad = None
@@ -327,31 +340,55 @@ def match_template(
     analyzers: list[MaxScoreOverRotations] = []
     n_batches = sum(math.ceil((b - a) / batch_size) for a, b in chunks) * len(boxes)
     if num_threads is None and dev.type == "cpu":
-        biggest = max(math.prod(next_fast_len(b - a + l_ + h_) for a, b, l_, h_ in
-                                zip(st, sp, lo, hi, strict=True)) for st, sp in boxes)
+        biggest = max(
+            math.prod(
+                next_fast_len(b - a + l_ + h_) for a, b, l_, h_ in zip(st, sp, lo, hi, strict=True)
+            )
+            for st, sp in boxes
+        )
         num_threads = 1 if biggest < 96**3 else None
     if fused is None:
-        big = max(math.prod(next_fast_len(b - a + l_ + h_) for a, b, l_, h_ in
-                            zip(st, sp, lo, hi, strict=True)) for st, sp in boxes)
-        fused = dev.type == "cpu" and big >= 96**3 and n_rot * len(boxes) >= 200
+        big = max(
+            math.prod(
+                next_fast_len(b - a + l_ + h_) for a, b, l_, h_ in zip(st, sp, lo, hi, strict=True)
+            )
+            for st, sp in boxes
+        )
+        fused = dev.type == "cpu" and big >= 96**3 and n_rot * len(boxes) >= 2000
     fused = bool(fused) and batch_size == 1
     defer = fused and score == "FLCSphericalMask"
     with _threads(num_threads):
-        bar = track(range(n_batches), total=n_batches * batch_size, description="match3d",
-                    unit="rot", scale=batch_size, enabled=progress)
+        bar = track(
+            range(n_batches),
+            total=n_batches * batch_size,
+            description="match3d",
+            unit="rot",
+            scale=batch_size,
+            enabled=progress,
+        )
         tick = iter(bar)
         for start, stop in boxes:
             core = tuple(b - a for a, b in zip(start, stop, strict=True))
-            sl = tuple(slice(a, b + l_ + h_) for a, b, l_, h_ in zip(start, stop, lo, hi,
-                                                                       strict=True))
+            sl = tuple(
+                slice(a, b + l_ + h_) for a, b, l_, h_ in zip(start, stop, lo, hi, strict=True)
+            )
             box = torch.from_numpy(np.ascontiguousarray(f_pad[sl])).to(dev)
-            tbox = None if t_pad is None else torch.from_numpy(
-                np.ascontiguousarray(t_pad[sl])).to(dev)
+            tbox = (
+                None if t_pad is None else torch.from_numpy(np.ascontiguousarray(t_pad[sl])).to(dev)
+            )
             fft_shape = tuple(next_fast_len(s) for s in box.shape)
-            scorer = BoxScorer(box, tuple(tmpl.shape), m_t, tbox, score, fft_shape, batch_size,
-                               overlap_ratio=overlap_ratio, defer_scale=defer)
-            valid = (slice(None),) + tuple(slice(l_, l_ + c) for l_, c in zip(lo, core,
-                                                                              strict=True))
+            scorer = BoxScorer(
+                box,
+                tuple(tmpl.shape),
+                m_t,
+                tbox,
+                score,
+                fft_shape,
+                batch_size,
+                overlap_ratio=overlap_ratio,
+                defer_scale=defer,
+            )
+            valid = (slice(None), *tuple(slice(l_, l_ + c) for l_, c in zip(lo, core, strict=True)))
             scale = scorer.scale[valid[1:]] if defer else None
             for c0, c1 in chunks:
                 if seeds is not None:
@@ -363,8 +400,9 @@ def match_template(
                         score_threshold=score_threshold, thread_safe=False,
                     )  # fmt: skip
                 else:
-                    an = MaxScoreOverRotations(core, offset=start, score_threshold=score_threshold,
-                                               thread_safe=False)
+                    an = MaxScoreOverRotations(
+                        core, offset=start, score_threshold=score_threshold, thread_safe=False
+                    )
                 an.fused = fused
                 for b0 in range(c0, c1, batch_size):
                     b1 = min(b0 + batch_size, c1)
@@ -378,14 +416,19 @@ def match_template(
                         mr = None
                     sc = scorer(gr, mr)
                     idx = torch.arange(b0, b1, dtype=torch.int32)
-                    an.update(sc[valid].cpu() if dev.type != "cpu" else sc[valid], idx,
-                              rots[b0:b1], scale=scale)
+                    an.update(
+                        sc[valid].cpu() if dev.type != "cpu" else sc[valid],
+                        idx,
+                        rots[b0:b1],
+                        scale=scale,
+                    )
                     next(tick, None)
                 analyzers.append(an)
         for _ in tick:
             pass
-    merged = MaxScoreOverRotations.merge(analyzers, output_shape=tomo.shape,
-                                         score_threshold=score_threshold)
+    merged = MaxScoreOverRotations.merge(
+        analyzers, output_shape=tomo.shape, score_threshold=score_threshold
+    )
     elapsed = time.perf_counter() - t_start
     mapping = merged.rotation_mapping
     table = np.stack([mapping[i] for i in range(len(mapping))]) if mapping else np.zeros((0, 3, 3))

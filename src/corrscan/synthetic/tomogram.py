@@ -59,7 +59,10 @@ def missing_wedge_mask(
 
 
 def _place(
-    shape: tuple[int, int, int], n: int, box: tuple[int, int, int], min_sep: float,
+    shape: tuple[int, int, int],
+    n: int,
+    box: tuple[int, int, int],
+    min_sep: float,
     rng: np.random.Generator,
 ) -> np.ndarray:
     lo = np.array([b // 2 for b in box])
@@ -138,13 +141,17 @@ def simulate_tomogram(
         ``noise_std``, ``pixel_size``, ``seed``.
     """
     shp = (shape,) * 3 if isinstance(shape, int) else tuple(int(s) for s in shape)
-    tsh = (template_shape,) * 3 if isinstance(template_shape, int) else tuple(
-        int(s) for s in template_shape)
+    tsh = (
+        (template_shape,) * 3
+        if isinstance(template_shape, int)
+        else tuple(int(s) for s in template_shape)
+    )
     if len(shp) != 3 or len(tsh) != 3:
         raise InputError("shape and template_shape must be 3D")
     rng = np.random.default_rng(seed)
-    template, info = pseudo_atom_map(tsh, n_atoms=n_atoms, sigma=sigma, pixel_size=pixel_size,
-                                     seed=int(rng.integers(2**31)))
+    template, info = pseudo_atom_map(
+        tsh, n_atoms=n_atoms, sigma=sigma, pixel_size=pixel_size, seed=int(rng.integers(2**31))
+    )
     scale = float(np.abs(template).max()) or 1.0
     template = (template / scale).astype(np.float32)
     atoms = np.asarray(info["positions"], dtype=np.float64)  # (m, 3) zyx
@@ -170,9 +177,14 @@ def simulate_tomogram(
         start = p - centre.astype(np.int64)
         lo = np.maximum(start, 0)
         hi = np.minimum(start + np.array(tsh), np.array(shp))
-        local = render_gaussians(moved - (lo - start), tuple(int(v) for v in hi - lo),
-                                 sigma=sigma_px, amplitudes=amps, dtype=torch.float64)
-        clean[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] += local
+        local = render_gaussians(
+            moved - (lo - start),
+            tuple(int(v) for v in hi - lo),
+            sigma=sigma_px,
+            amplitudes=amps,
+            dtype=torch.float64,
+        )
+        clean[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] += local
     vol = clean + noise_std * torch.from_numpy(rng.standard_normal(shp))
     if wedge is not None:
         w = torch.from_numpy(missing_wedge_mask(shp, wedge, tilt_axis)).to(torch.float64)

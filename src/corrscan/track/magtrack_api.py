@@ -573,12 +573,9 @@ def stack_to_xyzp(stack: Any, zlut: Any = None) -> tuple[Any, Any, Any, Any]:
             table = ZLUT.from_magtrack(lut)
     cfg = TrackConfig(
         n_bins=n_bins,
-        dtype="float64" if img.dtype == torch.float64 else "float32",
         min_correlation=-1.0,  # MagTrack returns the best match whatever its correlation
     )
-    out = track_kernel(
-        img.to(torch.float64 if cfg.dtype == "float64" else torch.float32), cfg, table
-    )
+    out = track_kernel(img.to(torch.float32), cfg, table)  # float32 is ample (< 0.01 nm)
     f64 = torch.float64
     return (
         restore(out["x"].to(f64)),

@@ -47,7 +47,11 @@ class TrackConfig(Config):
         "mean", description="Background of the starting centre of mass |I - b|."
     )
     n_iterations: int = Field(
-        1, ge=1, le=20, description="Symmetry-fit refinement passes after the capture pass."
+        2,
+        ge=1,
+        le=20,
+        description="Symmetry-fit refinement passes after the capture pass (1 suffices for "
+        "beads within a few px of the ROI centre; more for beads near the border).",
     )
     window_sigma: float | None = Field(
         None,
@@ -157,17 +161,17 @@ def track_kernel(
     (images ``i * n_beads + b``).
     """
     n, h, w = img.shape
-    finite = torch.isfinite(img.sum(dim=(-2, -1)))  # one pass; NaN/Inf pixels make it non-finite
+    total = img.sum(dim=(-2, -1))
+    finite = torch.isfinite(total)  # one pass; NaN/Inf pixels make it non-finite
     if not bool(finite.all()):
         img = torch.where(finite[:, None, None], img, torch.zeros((), dtype=img.dtype))
-    flat = img.reshape(n, -1)
-    span = flat.amax(dim=-1) - flat.amin(dim=-1)
-    blank = finite & ~(span > 0)
+    x0, y0, mass = com_kernel(img, cfg.background, return_total=True)
+    # constant image: no mass about its mean/median beyond rounding (1e-6 of the level)
+    blank = finite & ~(mass > 1e-6 * total.abs())
     flags = torch.zeros(n, dtype=torch.int32, device=img.device)
     flags |= torch.where(~finite, int(TrackFlag.NONFINITE), 0).to(torch.int32)
     flags |= torch.where(blank, int(TrackFlag.BLANK), 0).to(torch.int32)
 
-    x0, y0 = com_kernel(img, cfg.background)
     x, y, ok, _sym = symmetry_kernel(
         img,
         x0,

@@ -74,6 +74,62 @@ def polar_plan(
     )
 
 
+@functools.lru_cache(maxsize=32)
+def _dense_plan_cpu(
+    h: int, w: int, n_bins: int, oversample: int, samples_per_px: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear sampling of the circles around pixel ``(w // 2, h // 2)`` as one matrix.
+
+    Returns ``ring`` `(H * W, n_bins)` (each column: the summed bilinear weights of that
+    circle's samples; samples' corners outside the image are dropped, as zero padding),
+    ``disc`` `(H * W,)` (1 for pixels within the outermost circle) and ``interp``
+    `(n_bins, H * W)` (linear interpolation of a profile at each pixel's radius).
+    """
+    dx, dy, member = _plan_cpu(n_bins, oversample, samples_per_px)
+    px = w // 2 + dx
+    py = h // 2 + dy
+    x0, y0 = torch.floor(px), torch.floor(py)
+    fx, fy = px - x0, py - y0
+    ring = torch.zeros((h * w, n_bins), dtype=torch.float64)
+    rid = member.argmax(dim=1)
+    for oy, ox, wt in (  # the four bilinear corners (fixed count)
+        (0, 0, (1 - fx) * (1 - fy)),
+        (0, 1, fx * (1 - fy)),
+        (1, 0, (1 - fx) * fy),
+        (1, 1, fx * fy),
+    ):
+        yy = (y0 + oy).long()
+        xx = (x0 + ox).long()
+        ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        ring.index_put_((yy[ok] * w + xx[ok], rid[ok]), wt[ok], accumulate=True)
+    rows, cols = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+    )
+    r = torch.sqrt((rows - h // 2) ** 2 + (cols - w // 2) ** 2).reshape(-1) * oversample
+    disc = (r <= n_bins - 1).to(torch.float64)
+    lo = torch.clamp(torch.floor(r), max=n_bins - 2).long()
+    frac = (r - lo).clamp(0.0, 1.0)
+    interp = torch.zeros((n_bins, h * w), dtype=torch.float64)
+    pix = torch.arange(h * w)
+    interp[lo, pix] = (1.0 - frac) * disc
+    interp[lo + 1, pix] += frac * disc
+    return ring, disc, interp
+
+
+def _score_samples(
+    profile: torch.Tensor,
+    counts: torch.Tensor,
+    s0: torch.Tensor,
+    s1: torch.Tensor,
+    s2: torch.Tensor,
+) -> torch.Tensor:
+    """Share of the sample variance explained by the ring means (grid_sample path)."""
+    mean = s1 / s0
+    total = s2 - s1 * mean
+    explained = (counts * (torch.nan_to_num(profile - mean[:, None]) ** 2)).sum(-1)
+    return explained / total
+
+
 def radial_kernel(
     img: torch.Tensor,
     x: torch.Tensor,
@@ -89,61 +145,99 @@ def radial_kernel(
     Returns ``profile`` and ``counts``, both `(n, n_bins)`; empty bins are NaN with count 0.
     ``counts`` is the in-image weight of each circle's samples (a sample's bilinear corners
     inside the image; 1 per sample away from the border). With ``return_score`` also the
-    radial-symmetry score `(n,)`: ``1 - (within-ring sum of squares) / (total sum of
-    squares)`` of the samples, 1 for a perfectly radially symmetric image about ``(x, y)``,
-    near 0 for a wrong centre or no bead.
+    radial-symmetry score `(n,)`: the share of the pixel variance inside the outermost circle
+    explained by the radial profile, ~1 for a radially symmetric image about ``(x, y)``, near
+    0 for a wrong centre or no bead.
+
+    With ``fourier_shift`` (default) each image is moved by a phase ramp so that the centre
+    lands on pixel ``(W // 2, H // 2)`` (integer part: a circular shift whose wrapped pixels
+    are masked out; fractional part: exact band-limited shift), then all profiles are one
+    matrix product with the fixed sampling matrix of that pixel. Without it, the circles are
+    sampled at the sub-pixel centre with ``grid_sample``.
     """
+    n, h, w = img.shape
+    if not fourier_shift:
+        return _radial_grid_sample(img, x, y, n_bins, oversample, samples_per_px, return_score)
+    plan = _dense_plan_cpu(h, w, int(n_bins), int(oversample), float(samples_per_px))
+    ring, disc, interp = (a.to(device=img.device, dtype=img.dtype) for a in plan)
+    sx = x - (w // 2)
+    sy = y - (h // 2)
+    if bool(((sx != 0) | (sy != 0)).any()):
+        spec = torch.fft.rfft2(img)
+        ky = torch.fft.fftfreq(h, device=img.device, dtype=img.dtype)
+        kx = torch.fft.rfftfreq(w, device=img.device, dtype=img.dtype)
+        ph_y = (2.0 * math.pi) * ky[None, :] * sy[:, None]  # (n, H): separable ramp
+        ph_x = (2.0 * math.pi) * kx[None, :] * sx[:, None]  # (n, W // 2 + 1)
+        spec = spec * torch.polar(torch.ones_like(ph_y), ph_y)[:, :, None]
+        spec = spec * torch.polar(torch.ones_like(ph_x), ph_x)[:, None, :]
+        img = torch.fft.irfft2(spec, s=(h, w))
+    ix = torch.round(sx).to(torch.int64)
+    iy = torch.round(sy).to(torch.int64)
+    flat = img.reshape(n, -1)
+    full_counts = ring.sum(0)
+    if bool(((ix != 0) | (iy != 0)).any()):  # pixels wrapped around by the circular shift
+        cols = torch.arange(w, device=img.device)
+        rows = torch.arange(h, device=img.device)
+        mx = ((cols + ix[:, None] >= 0) & (cols + ix[:, None] <= w - 1)).to(img.dtype)
+        my = ((rows + iy[:, None] >= 0) & (rows + iy[:, None] <= h - 1)).to(img.dtype)
+        mask = (my[:, :, None] * mx[:, None, :]).reshape(n, -1)
+        flat = flat * mask
+        counts = mask @ ring
+    else:
+        mask = None
+        counts = full_counts.expand(n, -1).clone()
+    num = flat @ ring
+    profile = num / counts  # 0/0 -> NaN for empty bins
+    if not return_score:
+        return profile, counts
+    # pixel-space R^2 inside the outermost circle: 1 - sum (I - P(r))^2 / sum (I - mean)^2
+    wts = disc if mask is None else mask * disc
+    s0 = wts.sum(-1) if mask is not None else disc.sum().expand(n)
+    s1 = flat @ disc
+    mean = s1 / s0
+    model = torch.nan_to_num(profile) @ interp  # (n, H * W) profile at each pixel radius
+    resid = (flat - model) * wts
+    within = (resid * resid).sum(-1)
+    total = ((flat - mean[:, None]) ** 2 * wts).sum(-1)
+    return profile, counts, 1.0 - within / total
+
+
+def _radial_grid_sample(
+    img: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_bins: int,
+    oversample: int,
+    samples_per_px: float,
+    return_score: bool,
+) -> Any:
+    """:func:`radial_kernel` sampling at the sub-pixel centres directly (``grid_sample``)."""
     n, h, w = img.shape
     dx, dy, member = polar_plan(
         n_bins, oversample, samples_per_px, device=img.device, dtype=img.dtype
     )
-    if fourier_shift:
-        xi, yi = torch.round(x), torch.round(y)
-        fx, fy = x - xi, y - yi
-        if bool(((fx != 0) | (fy != 0)).any()):
-            spec = torch.fft.rfft2(img)
-            ky = torch.fft.fftfreq(h, device=img.device, dtype=img.dtype)
-            kx = torch.fft.rfftfreq(w, device=img.device, dtype=img.dtype)
-            ph_y = (2.0 * math.pi) * ky[None, :] * fy[:, None]  # (n, H): separable ramp
-            ph_x = (2.0 * math.pi) * kx[None, :] * fx[:, None]  # (n, W // 2 + 1)
-            ramp_y = torch.polar(torch.ones_like(ph_y), ph_y)[:, :, None]
-            ramp_x = torch.polar(torch.ones_like(ph_x), ph_x)[:, None, :]
-            img = torch.fft.irfft2(spec * ramp_y * ramp_x, s=(h, w))
-        x, y = xi, yi
     # normalised grid_sample coordinates (align_corners=True): -1 at pixel 0, +1 at pixel W-1
-    sx, sy = 2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)
-    base = torch.stack([dx * sx, dy * sy], dim=-1)  # (S, 2)
-    centre = torch.stack([x * sx - 1.0, y * sy - 1.0], dim=-1)  # (n, 2)
+    sxn, syn = 2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)
+    base = torch.stack([dx * sxn, dy * syn], dim=-1)  # (S, 2)
+    centre = torch.stack([x * sxn - 1.0, y * syn - 1.0], dim=-1)  # (n, 2)
     grid = (centre[:, None, :] + base)[:, None]  # (n, 1, S, 2)
     # zero padding: each sample = (in-image bilinear weight) x value
     sv = F.grid_sample(
         img[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True
-    )
-    sv = sv.reshape(n, -1)  # (n, S)
+    ).reshape(n, -1)
+    px = x[:, None] + dx
+    py = y[:, None] + dy
+    wx = (1.0 - torch.relu(-px) - torch.relu(px - (w - 1))).clamp(0.0, 1.0)
+    wy = (1.0 - torch.relu(-py) - torch.relu(py - (h - 1))).clamp(0.0, 1.0)
+    counts = (wx * wy) @ member
     num = sv @ member
-    counts = member.sum(0).expand(n, -1).clone()
-    r_max = float(dx.abs().max()), float(dy.abs().max())
-    cut = (x - r_max[0] < 0) | (x + r_max[0] > w - 1) | (y - r_max[1] < 0) | (y + r_max[1] > h - 1)
-    if bool(cut.any()):  # circles leaving the image: in-image weight of each sample (separable)
-        idx = torch.nonzero(cut).squeeze(1)
-        centres = torch.stack([x[idx], y[idx]], dim=1)
-        if fourier_shift:  # integer centres: one weight row per distinct centre
-            centres, inverse = torch.unique(centres, dim=0, return_inverse=True)
-        px = centres[:, :1] + dx
-        py = centres[:, 1:] + dy
-        wx = (1.0 - torch.relu(-px) - torch.relu(px - (w - 1))).clamp(0.0, 1.0)
-        wy = (1.0 - torch.relu(-py) - torch.relu(py - (h - 1))).clamp(0.0, 1.0)
-        table = (wx * wy) @ member
-        counts[idx] = table[inverse] if fourier_shift else table
-    profile = num / counts  # 0/0 -> NaN for empty bins
+    profile = num / counts
     if not return_score:
         return profile, counts
-    ss_rings = (sv * sv) @ member  # (n, B); sv^2 ~ weight * value^2 (weights are ~0/1)
-    within = (ss_rings - torch.nan_to_num(num * profile)).sum(-1)
     n_s = counts.sum(-1)
-    total = ss_rings.sum(-1) - num.sum(-1) ** 2 / n_s
-    score = 1.0 - within / total
-    return profile, counts, score
+    s1 = sv.sum(-1)
+    s2 = (sv * sv).sum(-1)
+    return profile, counts, _score_samples(profile, counts, n_s, s1, s2)
 
 
 def radial_profile(

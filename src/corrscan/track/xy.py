@@ -56,10 +56,11 @@ def _as_float_stack(stack: Any, name: str, dtype: torch.dtype | None) -> tuple[t
     return t, restore
 
 
-def com_kernel(img: torch.Tensor, background: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+def com_kernel(img: torch.Tensor, background: str = "mean", *, return_total: bool = False) -> Any:
     """Centre of mass of ``|I - b|`` (torch only): ``img`` `(n, H, W)` -> ``x``, ``y`` `(n,)`.
 
     ``b`` is the per-image ``"mean"`` or ``"median"``, or 0 for ``"none"``. Zero mass gives NaN.
+    With ``return_total`` also the total mass `(n,)` (0 for a constant image with "mean").
     """
     n, h, w = img.shape
     if background == "mean":
@@ -80,6 +81,8 @@ def com_kernel(img: torch.Tensor, background: str = "mean") -> tuple[torch.Tenso
     cy = torch.arange(h, dtype=img.dtype, device=img.device)
     x = (col * cx).sum(-1) / total
     y = (row * cy).sum(-1) / total
+    if return_total:
+        return x, y, total
     return x, y
 
 
