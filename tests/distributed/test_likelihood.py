@@ -106,9 +106,11 @@ def test_bad_inputs():
 
 
 def test_file_workflow_equals_one_shot_workflow(tmp_path):
+    from corrscan.distributed.likelihood import run_likelihood_full_cross_correlation as full_dist
     from corrscan.distributed.likelihood import run_likelihood_optimal_pose as run_dist
     from corrscan.likelihood.workflow import (
         configure_likelihood_files,
+        run_likelihood_full_cross_correlation,
         run_likelihood_optimal_pose,
     )
 
@@ -121,16 +123,22 @@ def test_file_workflow_equals_one_shot_workflow(tmp_path):
     kw = {"n_images_per_batch": 2, "n_templates_per_batch": 3, "device": "cpu"}
     files_a = configure_likelihood_files(tmp_path / "tpl", tmp_path / "parts", tmp_path / "a")
     run_likelihood_optimal_pose(files_a, estimate_batch_size=False, **kw)
+    run_likelihood_full_cross_correlation(files_a, estimate_batch_size=False, **kw)
     files_b = configure_likelihood_files(tmp_path / "tpl", tmp_path / "parts", tmp_path / "b")
     written = run_dist(files_b, template_chunk=3, **kw)
     assert len(written) == 2
+    assert len(full_dist(files_b, template_chunk=3, **kw)) == 2
     a_files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.pt"))
     b_files = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.pt"))
     assert a_files == b_files and len(a_files) > 10
     for rel in a_files:
         ta = torch.load(tmp_path / "a" / rel, weights_only=True)
         tb = torch.load(tmp_path / "b" / rel, weights_only=True)
-        assert torch.equal(ta, tb), rel
+        if isinstance(ta, dict):  # the full (M, S, D, W) tensor file
+            assert ta.keys() == tb.keys()
+            assert all(torch.equal(ta[k], tb[k]) for k in ta), rel
+        else:
+            assert torch.equal(ta, tb), rel
     assert not list((tmp_path / "b").rglob("*checkpoint*"))
     # a rerun with skip_exist does nothing
     assert run_dist(files_b, skip_exist=True, **kw) == []

@@ -85,13 +85,15 @@ def test_input_lists(lists, tmp_path, ext, data, frac, pos, byte):
 )
 def test_checkpoint_progress_of_any_shape(tmp_path, state):
     ck = Checkpoint(tmp_path / "c.pt", "fp")
-    ck.save(state)
-    try:
-        out = load_progress(ck)
-    except InputError as exc:
-        assert "chunk progress" in str(exc) or "task" in str(exc)
-    else:
-        assert isinstance(out, dict) and "done" in out
+    # any value, and progress-like dicts whose entries are any values
+    for payload in (state, {"done": state, "state": None, "chunks": state}):
+        ck.save(payload)
+        try:
+            out = load_progress(ck, required=("chunks",))
+        except InputError as exc:
+            assert "progress" in str(exc) and str(ck.path) in str(exc)
+        else:
+            assert isinstance(out, dict) and isinstance(out["done"], set)
 
 
 # ----------------------------------------------------------------------------- bundles

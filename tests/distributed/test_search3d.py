@@ -122,3 +122,21 @@ def test_batch_from_glob_skips_done_and_reports_bad_files(setup, tmp_path):
         run_search3d(src / "t1.mrc", tmp_path / "tpl_bad_px.mrc", tmp_path / "x", **kw)
     with pytest.raises(ResultExistsError):
         run_search3d(src / "t1.mrc", tmp_path / "tpl.mrc", out / "t1", **kw)
+
+
+def test_constraints_and_threshold_equal_one_shot(setup):
+    tomo, tpl, kw = setup
+    cons = {
+        "positions": np.array([[10, 10, 10], [5, 12, 15]]),
+        "rotations": kw["rotations"][:2],
+        "cone_angle": 70.0,
+        "acceptance_radius": 3.0,
+    }
+    for extra in (
+        {"constraints": cons, "target_splits": 2},
+        {"score": "CC", "score_threshold": 0.2},
+    ):
+        ref = match_template(tomo, tpl, progress=False, **kw, **extra)
+        res = search3d(tomo, tpl, rotation_chunks=3, **kw, **extra)
+        assert_same(res, ref)
+    assert (res.rotation_index < 0).any()  # voxels never above the threshold stay -1

@@ -215,3 +215,30 @@ def test_configuration_errors_name_the_fix(tmp_path):
         convert_particle_stacks_from_paired_star_and_mrc_files(
             bad, [tmp_path / "particles.mrcs"], [tmp_path / "particles.star"], tmp_path / "q"
         )
+
+
+def test_map_file_templates_match_the_atom_model(tmp_path):
+    xyz = random_chain(40, radius=8, seed=5)
+    xyz -= xyz.mean(0)
+    write_pdb(tmp_path / "m.pdb", xyz)
+    n, sigma = 24, 4.5  # 1.5 px: the sampled map is not aliased
+    ax = (np.arange(n) - n // 2) * PS
+    z, y, x = np.meshgrid(ax, ax, ax, indexing="ij")
+    vol = sum(
+        np.exp(-((x - a[0]) ** 2 + (y - a[1]) ** 2 + (z - a[2]) ** 2) / (2 * sigma**2)) for a in xyz
+    )
+    with mrcfile.new(tmp_path / "m.mrc", overwrite=True) as f:
+        f.set_data(vol.astype(np.float32))
+        f.voxel_size = PS
+    params = ImageParameters(
+        n_pixels=n, pixel_size=PS, viewing="fibonacci", n_viewing=8, atom_sigma=sigma
+    )
+    paths = make_templates_from_inputs(
+        [tmp_path / "m.pdb", tmp_path / "m.mrc"], params, tmp_path / "t"
+    )
+    assert [p.name for p in paths] == ["templates_fourier_m.pt", "templates_fourier_m_1.pt"]
+    a, b = PolarTemplates.load(paths[0]), PolarTemplates.load(paths[1])
+    assert (a.data - b.data).abs().max() < 1e-3
+    bad = ImageParameters(n_pixels=n, pixel_size=2.0, viewing="fibonacci", n_viewing=8)
+    with pytest.raises(InputError, match="voxel size"):
+        make_templates_from_inputs([tmp_path / "m.mrc"], bad, tmp_path / "t2")

@@ -210,3 +210,18 @@ def test_bad_inputs_raise(planted):
         cube = np.ones(truth["template"].shape, dtype=np.float32)
         cube[:, :, :3] = 0
         match_template(tomo[:24, :24, :24], truth["template"], template_mask=cube, n_rotations=2)
+
+
+@pytest.mark.parametrize("score", ["FLCSphericalMask", "FLC", "MCC"])
+def test_batched_fft_path_equals_single(rng, score):
+    """The GPU path (batched transforms) gives the CPU path's numbers (run here on CPU)."""
+    f = torch.from_numpy(rng.normal(size=(20, 21, 22))).float()
+    g = torch.from_numpy(rng.normal(size=(3, 7, 7, 7))).float()
+    m = torch.ones(3, 7, 7, 7)
+    one = BoxScorer(f, (7, 7, 7), m[0], None, score, (20, 21, 22), 3)
+    many = BoxScorer(f, (7, 7, 7), m[0], None, score, (20, 21, 22), 3)
+    many.fft_batch = 3
+    mr = m[:1] if score == "FLCSphericalMask" else m
+    a = one(g, mr).clone()
+    b = many(g, mr)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)

@@ -40,10 +40,17 @@ from corrscan.errors import InputError
 from corrscan.likelihood.kernel import SearchResult, search
 from corrscan.likelihood.stacks import PolarImages, PolarTemplates
 
-__all__ = ["likelihood_search", "likelihood_tasks", "merge_states", "run_likelihood_optimal_pose"]
+__all__ = [
+    "likelihood_search",
+    "likelihood_tasks",
+    "merge_states",
+    "run_likelihood_full_cross_correlation",
+    "run_likelihood_optimal_pose",
+]
 
 STATE_FORMAT = "corrscan.likelihood.partial"
 _LEVELS = ("full", "displacement", "rotation", "displacement_rotation", "pose")
+_DEFAULT_BATCHES = (32, 64)  # images, templates per GEMM batch when not given (CPU caps)
 
 
 def likelihood_tasks(
@@ -207,8 +214,8 @@ def likelihood_search(
     level: Literal["full", "displacement", "rotation", "displacement_rotation", "pose"] = "pose",
     likelihood: bool = False,
     optimal_likelihood: bool = False,
-    n_images_per_batch: int = 32,
-    n_templates_per_batch: int = 64,
+    n_images_per_batch: int | None = 32,
+    n_templates_per_batch: int | None = 64,
     image_chunk: int | None = None,
     template_chunk: int | None = None,
     device: str = "cpu",
@@ -258,8 +265,8 @@ def likelihood_search(
         "level": level,
         "likelihood": bool(likelihood),
         "optimal_likelihood": bool(optimal_likelihood),
-        "n_images_per_batch": int(n_images_per_batch),
-        "n_templates_per_batch": int(n_templates_per_batch),
+        "n_images_per_batch": int(n_images_per_batch or _DEFAULT_BATCHES[0]),
+        "n_templates_per_batch": int(n_templates_per_batch or _DEFAULT_BATCHES[1]),
         "device": device,
         "precision": precision,
     }
@@ -277,10 +284,10 @@ def likelihood_search(
         if checkpoint is None
         else Checkpoint(checkpoint, key, interval_s=checkpoint_interval_s)
     )
-    saved = load_progress(ckpt)
+    saved = load_progress(ckpt, required=("chunks",))
     with client_for(client, workers, scheduler) as cl:
         if saved is not None:
-            tasks = [tuple(int(v) for v in t) for t in saved["chunks"]]
+            tasks = list(saved["chunks"])
         else:
             tc = template_chunk
             if tc is None and image_chunk is None and cl is not None:
@@ -315,8 +322,8 @@ def run_likelihood_optimal_pose(
     displacement_config: Any = None,
     *,
     skip_exist: bool = False,
-    n_templates_per_batch: int = 64,
-    n_images_per_batch: int = 32,
+    n_templates_per_batch: int | None = 64,
+    n_images_per_batch: int | None = 32,
     return_likelihood_optimal_pose_fourier: bool = True,
     return_likelihood_integrated_pose_fourier: bool = True,
     device: str = "cpu",
@@ -422,4 +429,67 @@ def run_likelihood_optimal_pose(
             tmp.replace(files["csv"])
             ck.unlink(missing_ok=True)
             written.append(root)
+    return written
+
+
+def run_likelihood_full_cross_correlation(
+    file_config: Any,
+    displacement_config: Any = None,
+    *,
+    skip_exist: bool = False,
+    n_templates_per_batch: int | None = 64,
+    n_images_per_batch: int | None = 32,
+    device: str = "cpu",
+    precision: Literal["single", "double"] | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    template_chunk: int | None = None,
+    resume: bool = True,
+    checkpoint_interval_s: float = 60.0,
+) -> list[Path]:
+    """:func:`corrscan.likelihood.workflow.run_likelihood_full_cross_correlation` on workers.
+
+    Same output file per stack (``cross_correlation_pose_msdw_stack_NNNNNN.pt``: the full
+    `(M, S, D, W)` tensor, displacements, in-plane rotations), written atomically; tasks and
+    checkpoints as in :func:`run_likelihood_optimal_pose`.
+    """
+    from corrscan.likelihood.stacks import atomic_save
+    from corrscan.likelihood.workflow import DisplacementConfig, _stack_index, _stack_name
+
+    disp_cfg = displacement_config or DisplacementConfig()
+    tpl = PolarTemplates.load(file_config.template_file)
+    out = Path(file_config.folder_output)
+    root = out / f"template{file_config.i_template}" / "cross_correlation"
+    disp = disp_cfg.displacements(tpl.grid.pixel_size)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save(torch.from_numpy(disp), out / "displacements_set.pt")
+    written: list[Path] = []
+    with client_for(client, workers, scheduler) as cl:
+        for path in file_config.particle_files:
+            k = _stack_index(path)
+            target = root / _stack_name("cross_correlation_pose_msdw", k)
+            if skip_exist and target.is_file():
+                continue
+            imgs = PolarImages.load(path)
+            prec = precision or ("double" if imgs.data.dtype == torch.complex128 else "single")
+            ck = out / f".template{file_config.i_template}_full_stack_{k:06d}.checkpoint.pt"
+            if not resume:
+                ck.unlink(missing_ok=True)
+            res = likelihood_search(
+                imgs, tpl, disp, level="full", n_images_per_batch=n_images_per_batch,
+                n_templates_per_batch=n_templates_per_batch, template_chunk=template_chunk,
+                device=device, precision=prec, client=cl, checkpoint=ck,
+                checkpoint_interval_s=checkpoint_interval_s,
+            )  # fmt: skip
+            atomic_save(
+                {
+                    "cross_correlation": res.cross_correlation,
+                    "displacements": torch.from_numpy(disp),
+                    "inplane_rotations": torch.from_numpy(res.rotations),
+                },
+                target,
+            )
+            ck.unlink(missing_ok=True)
+            written.append(target)
     return written

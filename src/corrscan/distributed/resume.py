@@ -69,21 +69,37 @@ def client_for(
             yield c
 
 
-def load_progress(checkpoint: Checkpoint | None) -> dict[str, Any] | None:
-    """The saved progress ``{"done": set of task keys, "state": ..., **extra}`` or ``None``."""
+def load_progress(
+    checkpoint: Checkpoint | None, required: Sequence[str] = ()
+) -> dict[str, Any] | None:
+    """The saved progress ``{"done": set of task keys, "state": ..., **extra}`` or ``None``.
+
+    ``required`` names extra entries the caller needs (e.g. ``"chunks"``); a checkpoint
+    without them, or with malformed task keys, raises :class:`InputError` naming the file.
+    """
     if checkpoint is None or not checkpoint.exists():
         return None
     saved = checkpoint.load()
+    bad = InputError(
+        f"checkpoint {checkpoint.path} does not hold the progress of this kind of search; "
+        "delete it to restart"
+    )
     if (
         not isinstance(saved, dict)
         or not isinstance(saved.get("done"), list)
         or "state" not in saved
+        or any(k not in saved for k in required)
     ):
-        raise InputError(
-            f"checkpoint {checkpoint.path} does not hold chunk progress; delete it to restart"
-        )
+        raise bad
+    try:
+        done = {_key(t) for t in saved["done"]}
+        for k in required:
+            if k == "chunks":
+                saved[k] = [tuple(int(v) for v in t) for t in saved[k]]
+    except (TypeError, ValueError):
+        raise bad from None
     out = dict(saved)
-    out["done"] = {_key(t) for t in saved["done"]}
+    out["done"] = done
     return out
 
 

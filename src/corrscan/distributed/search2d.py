@@ -191,14 +191,15 @@ def search2d(
         if checkpoint is None
         else Checkpoint(checkpoint, key, interval_s=checkpoint_interval_s)
     )
-    saved = load_progress(ckpt)
+    saved = load_progress(ckpt, required=("batch", "chunks"))
     if saved is not None:  # the resumed run uses the batches and chunks of the first run
         kwargs["compute"] = {**kwargs["compute"], "orientation_batch_size": int(saved["batch"])}
     prep = _chunks.prepare_search(micrograph, template, orientations=orientations, **kwargs)
     kwargs["compute"] = {**kwargs["compute"], "orientation_batch_size": prep.batch}
+    cache_key = f"{key}:batch={prep.batch}"  # a worker's cached preparation matches the batch
     with client_for(client, workers, scheduler) as cl:
         if saved is not None:
-            tasks = [tuple(int(v) for v in t) for t in saved["chunks"]]
+            tasks = list(saved["chunks"])
         else:
             nc = n_chunks
             if nc is None and chunk_size is None and cl is not None:
@@ -207,7 +208,7 @@ def search2d(
             tasks = _chunks.orientation_chunks(prep.n_orient, prep.batch, chunk_size, nc)
         if cl is None:
             _PREP_CACHE.clear()
-            _PREP_CACHE[key] = prep
+            _PREP_CACHE[cache_key] = prep
         state = run_tasks(
             tasks,
             _task,
@@ -217,7 +218,7 @@ def search2d(
                 "template": template,
                 "orientations": orientations,
                 "kwargs": kwargs,
-                "search_key": key,
+                "search_key": cache_key,
             },
             client=cl,
             checkpoint=ckpt,

@@ -113,6 +113,7 @@ def search3d(
     device: str | None = "cpu",
     num_threads: int | None = None,
     progress: bool | None = None,
+    fused: bool | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
     client: Any = None,
@@ -171,6 +172,7 @@ def search3d(
         "overlap_ratio": overlap_ratio,
         "device": device,
         "num_threads": num_threads,
+        "fused": fused,
     }
     key = search_fingerprint3d(kwargs)
     ckpt = (
@@ -178,11 +180,11 @@ def search3d(
         if checkpoint is None
         else Checkpoint(checkpoint, key, interval_s=checkpoint_interval_s)
     )
-    saved = load_progress(ckpt)
+    saved = load_progress(ckpt, required=("chunks",))
     prep = _chunks.prepare_search(**kwargs)
     with client_for(client, workers, scheduler) as cl:
         if saved is not None:
-            tasks = [tuple(int(v) for v in t) for t in saved["chunks"]]
+            tasks = list(saved["chunks"])
         else:
             nc = rotation_chunks
             if nc is None and cl is not None:

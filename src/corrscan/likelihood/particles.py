@@ -20,10 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import mrcfile
 import numpy as np
 import pandas as pd
 
+from corrscan.core.io.mrc import read_mrc as _core_read_mrc
+from corrscan.core.io.star import read_star
 from corrscan.errors import FileFormatError, InputError
 from corrscan.likelihood.ctf import CtfParams
 
@@ -48,36 +49,20 @@ class ParticleStack:
 
 
 def read_mrc(path: str | Path) -> tuple[np.ndarray, float]:
-    """MRC/MRCS data (float32, as stored: (z|n, y, x)) and voxel size in Å (x)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileFormatError(f"MRC file not found: {path}")
-    try:
-        with mrcfile.open(path, permissive=True, mode="r") as m:
-            if m.data is None:
-                raise FileFormatError(f"{path}: no data block (truncated MRC file?)")
-            data = np.asarray(m.data, dtype=np.float32).copy()
-            vs = float(m.voxel_size.x)
-    except ValueError as exc:
-        raise FileFormatError(f"{path} is not a readable MRC file: {exc}") from exc
-    return data, vs
+    """MRC/MRCS data (float32, as stored: (z|n, y, x)) and voxel size in Å (x), via core io."""
+    data, vs = _core_read_mrc(path)
+    return np.asarray(data, dtype=np.float32), float(vs)
 
 
 def _mrc_images(path: Path, index: np.ndarray) -> np.ndarray:
-    try:
-        with mrcfile.mmap(path, permissive=True, mode="r") as m:
-            data = m.data
-            if data is None:
-                raise FileFormatError(f"{path}: no data block")
-            if data.ndim == 2:
-                data = data[None]
-            if index.size and (index.min() < 0 or index.max() >= data.shape[0]):
-                raise FileFormatError(
-                    f"{path} has {data.shape[0]} images; index {int(index.max()) + 1} requested"
-                )
-            return np.asarray(data[index], dtype=np.float32)
-    except ValueError as exc:
-        raise FileFormatError(f"{path} is not a readable MRC stack: {exc}") from exc
+    data, _ = _core_read_mrc(path, mmap=True)
+    if data.ndim == 2:
+        data = data[None]
+    if index.size and (index.min() < 0 or index.max() >= data.shape[0]):
+        raise FileFormatError(
+            f"{path} has {data.shape[0]} images; index {int(index.max()) + 1} requested"
+        )
+    return np.asarray(data[index], dtype=np.float32)
 
 
 def _resolve(name: str, base: Path) -> Path:
@@ -95,15 +80,7 @@ def _resolve(name: str, base: Path) -> Path:
 
 def read_star_table(path: str | Path) -> pd.DataFrame:
     """Particle table of a RELION STAR file, optics merged in, ``rln`` prefixes kept."""
-    import starfile
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileFormatError(f"STAR file not found: {path}")
-    try:
-        blocks = starfile.read(path, always_dict=True)
-    except Exception as exc:  # starfile raises assorted parser errors
-        raise FileFormatError(f"{path} is not a readable STAR file: {exc}") from exc
+    blocks = read_star(path)
     parts = blocks.get("particles")
     if parts is None:
         frames = [v for v in blocks.values() if isinstance(v, pd.DataFrame)]

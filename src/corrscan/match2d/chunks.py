@@ -60,6 +60,7 @@ from corrscan.match2d.search import (
     _correlate_batch,
     _finish,
     _FusedState,
+    _lag_indices,
     template_filters,
 )
 
@@ -207,8 +208,17 @@ def prepare_search(
         filters = spectrum[None] * g
         wts = rfft_weights((h_img, w_img), device=dev0).clone()
         wts[0, 0] = 0
-        wts = wts * noise_power_grid(spectrum)
+        s_grid = noise_power_grid(spectrum)
+        wts = wts * s_grid
         noise_weights = (wts[None] * g.square()).reshape(n_def, -1).contiguous()
+        extras: dict[str, Any] = {}
+        if h_img >= 2 * box - 1 and w_img >= 2 * box - 1:
+            a_half = s_grid.double()[None] * g.double().square()
+            a_half[:, 0, 0] = 0
+            kern = torch.fft.irfft2(a_half, s=(h_img, w_img)).reshape(n_def, -1)
+            big = _lag_indices((h_img, w_img), box, dev0)
+            extras["noise_kernel"] = (kern[:, big] / (h_img * w_img)).to(torch.float32)
+            extras["small_lags"] = _lag_indices((2 * box, 2 * box), box, dev0)
         del g
     else:
         phi_box = combined_filter(img_d, (box, box), preprocessing, pixel_size=pixel_size)
@@ -216,10 +226,14 @@ def prepare_search(
             (box, box), optics, defocus.to(dev0), phi_box, pixel_size=pixel_size
         )
         noise_weights = None
+        extras = {}
 
+    # batch planning exactly as match_template (its thread workers count in the fixed bytes)
     cpu = dev0.type == "cpu"
     chunk = compute.chunk_orientations or (1 if cpu else 16)
-    fixed = _chunk_bytes((h_img, w_img), n_def, chunk)
+    n_workers = (compute.num_threads or 1) if cpu else 1
+    n_planned = sum(n_workers if resolve_device(d).type == "cpu" else 1 for d in compute.devices())
+    fixed = _chunk_bytes((h_img, w_img), n_def, chunk) * n_planned
     per_orient = _bytes_per_orientation((h_img, w_img), tpl.padded_size, n_def, chunk)
     if compute.orientation_batch_size:
         batch = compute.orientation_batch_size
@@ -244,6 +258,7 @@ def prepare_search(
         placement=compute.ctf_placement,
         chunk=chunk,
         device=dev0,
+        extras=extras,
     )
     meta = {
         "resolution_limit": resolution_limit,

@@ -82,6 +82,7 @@ class Prepared3D:
     score_threshold: float
     overlap_ratio: float
     num_threads: int | None
+    fused: bool
     pixel_size: float
     meta: dict[str, Any]
     mask: torch.Tensor = field(repr=False, default=None)  # type: ignore[assignment]
@@ -121,9 +122,13 @@ def prepare_search(
     overlap_ratio: float = 0.3,
     device: str | None = "cpu",
     num_threads: int | None = None,
+    fused: bool | None = None,
 ) -> Prepared3D:
     """The preparation of :func:`~corrscan.match3d.search.match_template` (same arguments,
-    without ``rotation_chunks`` and ``progress``, which only change how tasks are run)."""
+    without ``rotation_chunks`` and ``progress``, which only change how tasks are run).
+
+    ``fused`` (the compiled analyzer update) defaults exactly as in ``match_template``, from
+    the WHOLE search (FFT box size and rotations x boxes), so tasks use the same kernels."""
     if score not in SCORES:
         raise InputError(f"unknown score {score!r}: choose one of {', '.join(SCORES)}")
     if interpolation_order not in (1, 3):
@@ -246,6 +251,15 @@ def prepare_search(
             for st, sp in boxes
         )
         num_threads = 1 if biggest < 96**3 else None
+    if fused is None:
+        big = max(
+            math.prod(
+                next_fast_len(b - a + l_ + h_) for a, b, l_, h_ in zip(st, sp, lo, hi, strict=True)
+            )
+            for st, sp in boxes
+        )
+        fused = dev.type == "cpu" and big >= 96**3 and int(rots.shape[0]) * len(boxes) >= 2000
+    fused = bool(fused) and batch_size == 1
 
     g_t = torch.from_numpy(g).to(dev)
     m_t = torch.from_numpy(mask).to(dev)
@@ -258,6 +272,7 @@ def prepare_search(
         "pad_edges": bool(pad_edges),
         "target_splits": len(boxes),
         "batch_size": batch_size,
+        "fused_update": fused,
         "template_shape": list(tmpl.shape),
         "tomogram_shape": list(tomo.shape),
         "filters": fcfg.model_dump(mode="json"),
@@ -279,6 +294,7 @@ def prepare_search(
         score_threshold=float(score_threshold),
         overlap_ratio=float(overlap_ratio),
         num_threads=num_threads,
+        fused=fused,
         pixel_size=float(pixel_size),
         meta=meta,
         mask=m_t,
@@ -328,12 +344,17 @@ def _scorer(prep: Prepared3D, i: int) -> tuple[BoxScorer, tuple]:
     fft_shape = tuple(next_fast_len(s) for s in box.shape)
     scorer = BoxScorer(
         box, prep.template_shape, prep.mask, tbox, prep.score, fft_shape, prep.batch_size,
-        overlap_ratio=prep.overlap_ratio,
+        overlap_ratio=prep.overlap_ratio, defer_scale=_defer(prep),
     )  # fmt: skip
     valid = (slice(None), *(slice(l_, l_ + c) for l_, c in zip(lo, core, strict=True)))
     prep._scorers.clear()  # keep one box's FFT buffers at a time
     prep._scorers[i] = (scorer, valid)
     return scorer, valid
+
+
+def _defer(prep: Prepared3D) -> bool:
+    """The fused FLCSphericalMask path defers the normalisation into the analyzer update."""
+    return prep.fused and prep.score == "FLCSphericalMask"
 
 
 def _analyzer(prep: Prepared3D, i: int) -> MaxScoreOverRotations:
@@ -390,9 +411,11 @@ def search_task(prep: Prepared3D, box: int, start: int, stop: int) -> dict[str, 
             f"{prep.batch_size}: use search_tasks()"
         )
     an = _analyzer(prep, box)
+    an.fused = prep.fused
     dev = prep.device
     with _threads(prep.num_threads):  # the one-shot search builds its scorers inside it too
         scorer, valid = _scorer(prep, box)
+        scale = scorer.scale[valid[1:]] if _defer(prep) else None
         for b0 in range(start, stop, prep.batch_size):
             b1 = min(b0 + prep.batch_size, stop)
             r = prep.rots_d[b0:b1]
@@ -405,7 +428,12 @@ def search_task(prep: Prepared3D, box: int, start: int, stop: int) -> dict[str, 
                 mr = None
             sc = scorer(gr, mr)
             idx = torch.arange(b0, b1, dtype=torch.int32)
-            an.update(sc[valid].cpu() if dev.type != "cpu" else sc[valid], idx, prep.rots[b0:b1])
+            an.update(
+                sc[valid].cpu() if dev.type != "cpu" else sc[valid],
+                idx,
+                prep.rots[b0:b1],
+                scale=scale,
+            )
     return {"format": STATE_FORMAT, "boxes": {int(box): _box_state(an, prep.n_rotations)}}
 
 

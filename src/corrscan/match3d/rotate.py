@@ -11,7 +11,10 @@ vectors ordered ``(x, y, z)`` while arrays are ``(z, y, x)``; outside the box th
   ``grid_sample`` of 8 points per voxel instead of 64 gathers.
 
 This module keeps a fused, batched version of ``corrscan.core.projection.rotate_volume`` for
-the matching loop (one prepared object per template, no per-call set-up).
+the matching loop (one prepared object per template, no per-call set-up). On CPU the default
+backend evaluates the same spline (or trilinear) interpolation with
+``scipy.ndimage.affine_transform(prefilter=False)`` on the prepared coefficients, which is
+much faster there; ``backend="torch"`` (the GPU path) is tested against it.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ class TemplateRotator:
         1 (trilinear) or 3 (cubic B-spline).
     """
 
-    def __init__(self, volume: torch.Tensor, *, order: int = 3) -> None:
+    def __init__(self, volume: torch.Tensor, *, order: int = 3, backend: str = "auto") -> None:
+        if backend not in ("auto", "torch", "scipy"):
+            raise InputError(f"backend must be auto, torch or scipy, got {backend!r}")
         if order not in (1, 3):
             raise InputError(f"interpolation_order must be 1 or 3, got {order}")
         if volume.ndim != 3:
@@ -50,6 +55,12 @@ class TemplateRotator:
         self.shape = tuple(int(s) for s in volume.shape)
         self.device = volume.device
         self.dtype = torch.float32
+        if backend == "auto":
+            backend = "scipy" if self.device.type == "cpu" else "torch"
+        if backend == "scipy" and self.device.type != "cpu":
+            raise InputError("the scipy rotation backend runs on CPU tensors only")
+        self.backend = backend
+        self._source_np: np.ndarray | None = None
         if order == 3:
             padded = np.pad(volume.detach().cpu().double().numpy(), _SPLINE_PAD)
             coef = ndimage.spline_filter(padded, order=3, mode="mirror")
@@ -92,6 +103,8 @@ class TemplateRotator:
         """Rotated templates ``(B, D, H, W)`` float32 for ``rotations`` ``(B, 3, 3)``."""
         if rotations.ndim == 2:
             rotations = rotations[None]
+        if self.backend == "scipy":
+            return self._scipy(rotations)
         vals = self._values(rotations)
         b = vals.shape[0]
         if self._all:
@@ -99,6 +112,28 @@ class TemplateRotator:
         out = torch.zeros((b, math.prod(self.shape)), dtype=vals.dtype, device=self.device)
         out[:, self._keep] = vals
         return out.reshape(b, *self.shape)
+
+    def _scipy(self, rotations: torch.Tensor) -> torch.Tensor:
+        """CPU path: ``scipy.ndimage.affine_transform`` (compiled; ~1 ms for 32^3 at order 3,
+        5-8x faster than the 8-look-up ``grid_sample`` form on CPU), one call per rotation."""
+        if self._source_np is None:
+            self._source_np = np.ascontiguousarray(self._source.numpy())
+        mats = rotations.detach().cpu().numpy().astype(np.float64)
+        c = np.array([s // 2 for s in self.shape], dtype=np.float64)
+        out = np.empty((len(mats), *self.shape), dtype=np.float32)
+        for i, r in enumerate(mats):  # a batch is 1 rotation on CPU; FFTs dominate anyway
+            m = r.T[::-1, ::-1]  # (z, y, x) form of R^T
+            off = c + self._offset - m @ c
+            ndimage.affine_transform(
+                self._source_np,
+                m,
+                offset=off,
+                output=out[i],
+                order=self.order,
+                prefilter=False,
+                mode="constant",
+            )
+        return torch.from_numpy(out)
 
     def _values(self, rotations: torch.Tensor) -> torch.Tensor:
         """``(B, P)`` values at the kept output voxels."""

@@ -174,31 +174,34 @@ def radial_kernel(
     ix = torch.round(sx).to(torch.int64)
     iy = torch.round(sy).to(torch.int64)
     flat = img.reshape(n, -1)
-    full_counts = ring.sum(0)
-    if bool(((ix != 0) | (iy != 0)).any()):  # pixels wrapped around by the circular shift
-        cols = torch.arange(w, device=img.device)
-        rows = torch.arange(h, device=img.device)
-        mx = ((cols + ix[:, None] >= 0) & (cols + ix[:, None] <= w - 1)).to(img.dtype)
-        my = ((rows + iy[:, None] >= 0) & (rows + iy[:, None] <= h - 1)).to(img.dtype)
-        mask = (my[:, :, None] * mx[:, None, :]).reshape(n, -1)
-        flat = flat * mask
-        counts = mask @ ring
-    else:
-        mask = None
-        counts = full_counts.expand(n, -1).clone()
-    num = flat @ ring
-    profile = num / counts  # 0/0 -> NaN for empty bins
+    # one weight set per distinct integer shift: valid (not wrapped) pixels of the shift
+    shifts, inverse = torch.unique(torch.stack([ix, iy], dim=1), dim=0, return_inverse=True)
+    cols = torch.arange(w, device=img.device)
+    rows = torch.arange(h, device=img.device)
+    mx = ((cols + shifts[:, :1] >= 0) & (cols + shifts[:, :1] <= w - 1)).to(img.dtype)
+    my = ((rows + shifts[:, 1:] >= 0) & (rows + shifts[:, 1:] <= h - 1)).to(img.dtype)
+    masks = (my[:, :, None] * mx[:, None, :]).reshape(shifts.shape[0], -1)  # (u, H * W)
+    wrapped = bool((shifts != 0).any())
+    if wrapped:
+        flat = flat * masks[inverse]
+    counts = (masks @ ring)[inverse]  # (n, B)
     if not return_score:
-        return profile, counts
-    # pixel-space R^2 inside the outermost circle: 1 - sum (I - P(r))^2 / sum (I - mean)^2
-    wts = disc if mask is None else mask * disc
-    s0 = wts.sum(-1) if mask is not None else disc.sum().expand(n)
+        return (flat @ ring) / counts, counts  # 0/0 -> NaN for empty bins
+    # one product gives the ring sums and the projections on the interpolation rows
+    both = flat @ torch.cat([ring, interp.T], dim=1)  # (n, 2B)
+    num, proj = both[:, :n_bins], both[:, n_bins:]
+    profile = num / counts
+    # pixel-space R^2 inside the outermost circle, 1 - sum w (I - P(r))^2 / sum w (I - mean)^2,
+    # expanded into sums so that no (n, H * W) model image is formed
+    wd = masks * disc  # (u, H * W)
+    s0 = (wd.sum(-1))[inverse]
     s1 = flat @ disc
-    mean = s1 / s0
-    model = torch.nan_to_num(profile) @ interp  # (n, H * W) profile at each pixel radius
-    resid = (flat - model) * wts
-    within = (resid * resid).sum(-1)
-    total = ((flat - mean[:, None]) ** 2 * wts).sum(-1)
+    s2 = (flat * flat) @ disc
+    p = torch.nan_to_num(profile)
+    gram = torch.einsum("bp,up,cp->ubc", interp, wd, interp)  # (u, B, B)
+    model2 = torch.einsum("nb,nbc,nc->n", p, gram[inverse], p)
+    within = s2 - 2.0 * (p * proj).sum(-1) + model2
+    total = s2 - s1 * s1 / s0
     return profile, counts, 1.0 - within / total
 
 

@@ -26,23 +26,10 @@ from typing import Any
 import torch
 
 from corrscan.core.arrays import unwrap
+from corrscan.core.fourier import next_fast_len
 from corrscan.errors import InputError
 
 __all__ = ["center_of_mass", "symmetry_center"]
-
-
-def _fast_len(n: int) -> int:
-    """Smallest even 2,3,5-smooth integer >= ``n`` (cheap FFT length)."""
-    m = max(int(n), 2)
-    while True:
-        if m % 2 == 0:
-            k = m
-            for p in (2, 3, 5):
-                while k % p == 0:
-                    k //= p
-            if k == 1:
-                return m
-        m += 1
 
 
 def _as_float_stack(stack: Any, name: str, dtype: torch.dtype | None) -> tuple[torch.Tensor, Any]:
@@ -148,7 +135,7 @@ def _line_centre(
     m = torch.arange(length, dtype=lines.dtype, device=lines.device)
     line = lines - lines.mean(dim=-1, keepdim=True)
     line = line * torch.exp(-0.5 * ((m - c0[:, None]) / sigma[:, None]) ** 2)
-    size = _fast_len(2 * length)
+    size = next_fast_len(2 * length)
     spec = torch.fft.rfft(line, n=size)
     g = spec * spec  # autoconvolution spectrum
     if start is not None:

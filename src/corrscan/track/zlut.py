@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from corrscan.core.arrays import to_tensor, unwrap
+from corrscan.core.peaks import parabolic_vertex
 from corrscan.errors import FileFormatError, InputError
 from corrscan.track.flags import TrackFlag
 
@@ -311,7 +312,10 @@ def lookup_kernel(
     wpc = w * pc
     var_p = (wpc * pc).sum(-1)  # (T, L)
     n_j = lut_fine.shape[1]
-    coarse = _weighted_pearson(wpc, w, sw, var_p, lut_fine[:, ::up])
+    f32 = torch.float32  # the coarse argmax needs no float64
+    coarse = _weighted_pearson(
+        wpc.to(f32), w.to(f32), sw.to(f32), var_p.to(f32), lut_fine[:, ::up].to(f32)
+    )
     k = coarse.argmax(dim=-1)  # (T, L) plane index
     width = min(2 * search_planes * up + 1, n_j)
     start = (k * up - search_planes * up).clamp(0, n_j - width)
@@ -324,8 +328,7 @@ def lookup_kernel(
     r0 = r.gather(-1, jl).squeeze(-1)
     rm = r.gather(-1, jm).squeeze(-1)
     rp = r.gather(-1, jp).squeeze(-1)
-    den = rm - 2.0 * r0 + rp
-    delta = torch.where(den < 0, 0.5 * (rm - rp) / den, torch.zeros_like(den)).clamp(-0.5, 0.5)
+    delta, _height = parabolic_vertex(rm, r0, rp)  # offset in [-0.5, 0.5]; 0 if not a max
     js = jj.gather(-1, jl).squeeze(-1)  # global sub-plane index
     z0 = z_fine[js]
     z_up = z_fine[(js + 1).clamp(max=n_j - 1)]
