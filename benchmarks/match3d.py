@@ -12,8 +12,9 @@ Figures (printed as ``RESULT`` lines):
   does not depend on the machine's load as much as wall time. ``floor_pct`` is corrscan's rate
   over the floor rate: one ``rfftn`` of the zero-padded 128^3 box plus one ``irfftn`` per
   rotation (MKL through torch, single-threaded), the part no implementation avoids.
-* ``wall_s_2cores_<score>``: wall seconds for the whole search using 2 cores (corrscan: 2 torch
-  threads; pyTME: 2 rotation workers), setup included.
+* ``wall_s_2cores_<score>``: wall seconds for the whole search using 2 cores (corrscan: 2
+  rotation-parallel threads in one process, ``workers=2``; pyTME: 2 rotation worker
+  processes), setup included.
 * ``recall_sigma1.5_<score>``: copies found (top-6 peaks within 2 voxels and rotation error below
   the step) out of 6.
 
@@ -87,7 +88,9 @@ def floor_rate() -> float:
 
 
 def run_corrscan(tomo, tmpl, mask, rots, score, order, n_threads, fused=True):
+    fused = fused and n_threads == 1
     kw = dict(
+        workers=n_threads,
         template_mask=mask,
         score=score,
         interpolation_order=order,

@@ -103,6 +103,11 @@ def test_split_and_chunks_merge_exactly(planted):
     assert b2.metadata["rotation_chunks"] == 2  # chunks of 8 = two batches of 4
     np.testing.assert_array_equal(b1.scores, b2.scores)
     np.testing.assert_array_equal(b1.rotation_index, b2.rotation_index)
+    # rotation-parallel worker threads: identical too
+    w2 = match_template(tomo, truth["template"], workers=2, rotation_chunks=2, **kw)
+    np.testing.assert_array_equal(w2.scores, one.scores)
+    np.testing.assert_array_equal(w2.rotation_index, one.rotation_index)
+    assert w2.score_mean == one.score_mean
     # target splits: same data per voxel, different FFT box -> equal to float rounding
     split = match_template(
         tomo, truth["template"], target_splits={0: 2, 2: 3}, rotation_chunks=2, **kw

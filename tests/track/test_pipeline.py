@@ -93,6 +93,10 @@ def test_kinds_integers_batch_shape_and_no_lut(beads_noisy) -> None:
     res_t = track_stack(t, dtype="float64")
     assert isinstance(res_t.x, torch.Tensor) and res_t.x.dtype == torch.float64
     np.testing.assert_allclose(res_t.x.numpy(), res.x, atol=1e-4)
+    threads = torch.get_num_threads()
+    res_1 = track_stack(counts, cpu_threads=1)
+    assert torch.get_num_threads() == threads
+    np.testing.assert_allclose(res_1.x, res.x, atol=1e-5)
     df = res.to_dataframe()
     assert list(df.columns) == ["index", "x", "y", "z", "flags", "r"] and len(df) == 12
 

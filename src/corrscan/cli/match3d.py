@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
         splits: int = typer.Option(1, help="Pieces per axis of the tomogram."),
         pad_edges: bool | None = typer.Option(None, help="Pad boxes (default: when split)."),
         batch_size: int | None = typer.Option(None, help="Rotations per FFT call."),
-        threads: int | None = typer.Option(None, help="torch threads."),
+        threads: int | None = typer.Option(None, help="CPU cores (rotation-parallel workers)."),
         device: str = typer.Option("cpu", help="cpu | cuda:N | auto."),
         overwrite: bool = typer.Option(False, help="Replace an existing result."),
     ) -> None:
@@ -125,7 +125,7 @@ def register(app: typer.Typer) -> None:
                 cone_angle=cone_angle, interpolation_order=interpolation_order, filters=cfg,
                 pixel_size=ps, target_splits=splits if splits > 1 else None,
                 pad_edges=pad_edges, batch_size=batch_size, device=device,
-                num_threads=threads,
+                workers=threads if device == "cpu" else None,
             )  # fmt: skip
             res.write(output, overwrite=overwrite)
         except (CorrscanError, ValueError) as exc:

@@ -63,6 +63,9 @@ def register(app: typer.Typer) -> None:
             None, help="ROI width for x,y ROI tables (default: the Z-LUT's ROI size)."
         ),
         chunk: int = typer.Option(256, min=1, help="Frames per vectorised batch."),
+        threads: int | None = typer.Option(
+            None, min=1, help="torch CPU threads (1 is fastest on a busy shared machine)."
+        ),
         nm_per_px: float | None = typer.Option(None, help="Pixel size: adds x_nm, y_nm columns."),
         config: Path | None = typer.Option(None, help="TrackConfig YAML."),
         overwrite: bool = typer.Option(False, help="Replace an existing output CSV."),
@@ -77,6 +80,8 @@ def register(app: typer.Typer) -> None:
         from corrscan.track.movie import read_rois, track_movie
 
         cfg = TrackConfig.from_yaml(config) if config else TrackConfig()
+        if threads:
+            cfg.cpu_threads = threads
         table = ZLUT.load(zlut) if zlut else None
         size = roi_size
         if size is None and table is not None:

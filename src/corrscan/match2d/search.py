@@ -556,10 +556,18 @@ def match_template(
 
     # --- batch planning ---
     cpu = dev0.type == "cpu"
-    chunk = compute.chunk_orientations or (1 if cpu else 16)
+    if compute.chunk_orientations:
+        chunk = compute.chunk_orientations
+    elif cpu:
+        # a chunk's maps and spectra (~16 bytes per pixel and item) should stay in cache
+        chunk = max(1, min(32, (8 << 20) // (16 * h_img * w_img * n_def)))
+    else:
+        chunk = 16
     n_workers = 1
     if cpu:
-        n_workers = compute.num_threads or 1
+        # CPU: independent worker threads with single-threaded torch ops (no intra-op
+        # synchronisation per operation), partial states merged exactly at the end
+        n_workers = compute.num_threads or max(1, torch.get_num_threads())
     workers: list[torch.device] = []
     for d in devices:
         workers += [d] * (n_workers if d.type == "cpu" else 1)

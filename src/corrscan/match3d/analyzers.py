@@ -282,7 +282,7 @@ class MaxScoreOverRotations:
             st[2] += n
         cur, rot = self._scores, self._rotations
         if self._take is None:
-            self._take = torch.empty(self.shape, dtype=torch.bool)
+            self._take = torch.empty(self.shape, dtype=torch.bool, device=self._scores.device)
         if b == 1:
             best = scores[0]
             take = torch.gt(best, cur, out=self._take)
@@ -292,19 +292,32 @@ class MaxScoreOverRotations:
         best, arg = torch.max(scores, dim=0)  # first maximum = earliest batch item
         take = torch.gt(best, cur, out=self._take)
         torch.maximum(cur, best, out=cur)
-        idx = indices.to(torch.int32)[arg]
+        idx = indices.to(device=arg.device, dtype=torch.int32)[arg]
         torch.where(take, idx, rot, out=rot)
 
     # ------------------------------------------------------------------ results
     @property
     def scores(self) -> np.ndarray:
         """Current maximum-score map ``(*shape)`` float32."""
-        return self._scores.numpy()
+        return self._scores.cpu().numpy()
 
     @property
     def rotations(self) -> np.ndarray:
         """Current rotation-index map ``(*shape)`` int32 (-1 where nothing was recorded)."""
-        return self._rotations.numpy()
+        return self._rotations.cpu().numpy()
+
+    def to(self, device: str | torch.device) -> MaxScoreOverRotations:
+        """Keep the state maps on ``device`` (e.g. the GPU of the search); returns self.
+
+        Shared-memory and memmap storage stay on the host (``ValueError`` otherwise).
+        """
+        dev = torch.device(device)
+        if dev.type != "cpu" and (self._keep_s is not None or self._keep_r is not None):
+            raise InputError("shared-memory / memmap analyzer state cannot move to a GPU")
+        self._scores = self._scores.to(dev)
+        self._rotations = self._rotations.to(dev)
+        self._take = None
+        return self
 
     @property
     def rotation_mapping(self) -> dict[int, np.ndarray]:

@@ -18,6 +18,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -141,6 +142,7 @@ def match_template(
     num_threads: int | None = None,
     progress: bool | None = None,
     fused: bool | None = None,
+    workers: int | None = None,
 ) -> MatchResult:
     """Exhaustive 3D template matching of ``template`` in ``tomogram``.
 
@@ -202,6 +204,11 @@ def match_template(
         machine), else torch's current setting.
     progress
         Progress bar (default: on for a terminal).
+    workers
+        CPU only: rotation-parallel worker threads in this process, each running
+        single-threaded torch ops on its own buffers (one copy of the target spectra). Scales
+        better than torch's intra-op threads for FFT-bound searches, especially on a busy
+        machine. Results are identical to ``workers=1``. Default 1.
     fused
         Fuse normalisation, max/argmax update and statistics into one ``torch.compile``d
         kernel (one pass over the score map instead of about six). Default: on for CPU
@@ -355,8 +362,16 @@ def match_template(
             for st, sp in boxes
         )
         fused = dev.type == "cpu" and big >= 96**3 and n_rot * len(boxes) >= 2000
-    fused = bool(fused) and batch_size == 1
+    # (the compiled kernel is not shared between worker threads)
+    fused = bool(fused) and batch_size == 1 and (workers is None or int(workers) == 1)
     defer = fused and score == "FLCSphericalMask"
+    n_workers = 1 if workers is None else int(workers)
+    if n_workers < 1:
+        raise InputError(f"workers must be >= 1, got {workers}")
+    if n_workers > 1:
+        if dev.type != "cpu":
+            raise InputError("workers > 1 is for CPU searches; on a GPU use batch_size")
+        num_threads = 1
     with _threads(num_threads):
         bar = track(
             range(n_batches),
@@ -390,7 +405,8 @@ def match_template(
             )
             valid = (slice(None), *tuple(slice(l_, l_ + c) for l_, c in zip(lo, core, strict=True)))
             scale = scorer.scale[valid[1:]] if defer else None
-            for c0, c1 in chunks:
+
+            def new_analyzer(start=start, core=core) -> MaxScoreOverRotations:
                 if seeds is not None:
                     an: MaxScoreOverRotations = MaxScoreOverRotationsConstrained(
                         core, positions=seeds["positions"], rotations=seeds.get("rotations"),
@@ -404,6 +420,12 @@ def match_template(
                         core, offset=start, score_threshold=score_threshold, thread_safe=False
                     )
                 an.fused = fused
+                return an.to(dev) if dev.type != "cpu" else an
+
+            def run(c0: int, c1: int, sc_: BoxScorer, valid=valid, scale=scale, tick_=None):
+                if tick_ is None:  # worker thread: OpenMP/MKL thread counts are per thread
+                    torch.set_num_threads(1)
+                an = new_analyzer()
                 for b0 in range(c0, c1, batch_size):
                     b1 = min(b0 + batch_size, c1)
                     r = rots_d[b0:b1]
@@ -414,16 +436,38 @@ def match_template(
                         mr = m_t[None]
                     else:
                         mr = None
-                    sc = scorer(gr, mr)
+                    sc = sc_(gr, mr)
                     idx = torch.arange(b0, b1, dtype=torch.int32)
                     an.update(
-                        sc[valid].cpu() if dev.type != "cpu" else sc[valid],
+                        sc[valid],
                         idx,
                         rots[b0:b1],
                         scale=scale,
                     )
-                    next(tick, None)
-                analyzers.append(an)
+                    if tick_ is not None:
+                        next(tick_, None)
+                return an
+
+            if n_workers == 1:
+                for c0, c1 in chunks:
+                    analyzers.append(run(c0, c1, scorer, tick_=tick))
+            else:
+                # rotation-parallel threads (torch ops release the GIL), one buffer set each;
+                # sub-ranges start at multiples of the batch size, so the merge is exact
+                tasks = []
+                for c0, c1 in chunks:
+                    per = math.ceil(math.ceil((c1 - c0) / n_workers) / batch_size) * batch_size
+                    tasks += [(a, min(a + per, c1)) for a in range(c0, c1, per)]
+                forks = [scorer] + [scorer.fork() for _ in range(min(n_workers, len(tasks)) - 1)]
+                with ThreadPoolExecutor(max_workers=len(forks)) as pool:
+                    futures = [
+                        pool.submit(run, a, b, forks[i % len(forks)])
+                        for i, (a, b) in enumerate(tasks)
+                    ]
+                    for fut, (a, b) in zip(futures, tasks, strict=True):
+                        analyzers.append(fut.result())
+                        for _ in range(math.ceil((b - a) / batch_size)):
+                            next(tick, None)
         for _ in tick:
             pass
     merged = MaxScoreOverRotations.merge(
@@ -443,6 +487,7 @@ def match_template(
         "rotation_chunks": len(chunks),
         "batch_size": batch_size,
         "fused_update": fused,
+        "workers": n_workers,
         "template_shape": list(tmpl.shape),
         "tomogram_shape": list(tomo.shape),
         "filters": fcfg.model_dump(mode="json"),

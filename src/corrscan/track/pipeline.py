@@ -90,6 +90,13 @@ class TrackConfig(Config):
     batch_size: int | None = Field(
         None, ge=1, description="Images per vectorised batch (default: planned from memory)."
     )
+    cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads while tracking (restored after; process-wide, so not "
+        "for concurrent callers). None keeps torch's setting. 1 is fastest on a loaded shared "
+        "machine, where torch's thread pool stalls on these many small operations.",
+    )
 
 
 @dataclass
@@ -283,9 +290,16 @@ def track_stack(
     batch = cfg.batch_size or plan_batch_size(per_image, device=t.device, max_batch=8192)
     batch = max(n_tab, (batch // n_tab) * n_tab)
     parts: list[dict[str, torch.Tensor]] = []
-    for start in range(0, n, batch):  # memory-bounded chunks; each chunk fully vectorised
-        img = img_all[start : start + batch].to(dtype)
-        parts.append(track_kernel(img, cfg, zlut))
+    old_threads = torch.get_num_threads()
+    if cfg.cpu_threads and t.device.type == "cpu":
+        torch.set_num_threads(cfg.cpu_threads)
+    try:
+        for start in range(0, n, batch):  # memory-bounded chunks; each chunk fully vectorised
+            img = img_all[start : start + batch].to(dtype)
+            parts.append(track_kernel(img, cfg, zlut))
+    finally:
+        if torch.get_num_threads() != old_threads:
+            torch.set_num_threads(old_threads)
     out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     n_bins = out["profiles"].shape[-1]
     res = {
