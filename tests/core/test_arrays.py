@@ -44,6 +44,22 @@ def test_big_endian_and_readonly_input():
     np.testing.assert_array_equal(t.numpy(), np.arange(6, dtype=np.float32).reshape(2, 3))
 
 
+def test_negative_strides_and_keep_integer():
+    # flipped views (negative strides) cannot be shared with torch: copied, same values
+    a = np.arange(12, dtype=np.float64).reshape(3, 4)[::-1, ::-2]
+    t, restore = arrays.unwrap(a)
+    np.testing.assert_array_equal(t.numpy(), a)
+    out = restore(t + 1)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float64
+    np.testing.assert_array_equal(out, a + 1)
+    # integer data: float32 by default, kept on request (indices beyond 2**24 stay exact)
+    idx = np.array([2**24 + 1, 3], dtype=np.int64)
+    assert arrays.to_tensor(idx).dtype == torch.float32
+    kept = arrays.to_tensor(idx, keep_integer=True)
+    assert kept.dtype == torch.int64 and int(kept[0]) == 2**24 + 1
+    assert arrays.to_tensor(np.array([True]), keep_integer=True).dtype == torch.bool
+
+
 def test_unsupported_kind_and_dtype_raise():
     with pytest.raises(InputError, match="NumPy, CuPy or torch"):
         arrays.array_kind({"a": 1})

@@ -326,3 +326,42 @@ def test_errors_name_the_problem() -> None:
         MaxAccumulator((2, 2), device="cpu").merge(MaxAccumulator((2, 3), device="cpu"))
     with pytest.raises(InputError, match="not a corrscan.MomentAccumulator"):
         MomentAccumulator.from_state_dict({"format": "x"})
+
+
+def test_float64_scores_in_a_float32_accumulator_keep_the_argmax_payloads() -> None:
+    """Scores of another dtype than the stored maximum: payloads still follow the argmax
+    (dense and sparse update paths), and float32-rounding ties go to the smaller index."""
+    g = torch.Generator().manual_seed(12)
+    ups = [torch.randn((5, 9, 8), generator=g, dtype=torch.float64) for _ in range(6)]
+    acc = MaxAccumulator((9, 8), device="cpu", dtype=torch.float32)
+    for k, x in enumerate(ups):
+        acc.update(x, {"index": torch.arange(5 * k, 5 * k + 5)})
+    allx = torch.cat(ups)
+    assert torch.equal(acc.max, allx.amax(0).float())
+    assert torch.equal(acc.payloads["index"], allx.argmax(0))
+    # two float64 scores that round to the same float32: a tie, smaller index wins, in one
+    # batch or split over two updates
+    a, b = 1.0, 1.0 + 2.0**-40
+    assert np.float32(a) == np.float32(b)
+    x = torch.tensor([[[a]], [[b]]], dtype=torch.float64)
+    one = MaxAccumulator((1, 1), device="cpu").update(x, {"index": torch.tensor([5, 3])})
+    two = MaxAccumulator((1, 1), device="cpu").update(x[:1], {"index": torch.tensor([5])})
+    two.update(x[1:], {"index": torch.tensor([3])})
+    assert int(one.payloads["index"]) == int(two.payloads["index"]) == 3
+
+
+def test_integer_payloads_keep_their_dtype_and_exact_values() -> None:
+    """Global search indices beyond 2**24 (a full 2DTM search) are not rounded to float32."""
+    big = 2**24 + 1  # not representable in float32
+    x = torch.zeros((2, 2, 2))
+    x[1, 0, 0] = 1.0
+    for kind in (torch.tensor, np.array):
+        acc = MaxAccumulator((2, 2), device="cpu")
+        acc.update(x, {"index": kind([big, big + 2])})
+        p = acc.payloads["index"]
+        assert p.dtype == torch.int64
+        assert int(p[0, 0]) == big + 2 and int(p[0, 1]) == big
+    with pytest.raises(InputError, match="bool"):
+        MaxAccumulator((2, 2), ("flag",), device="cpu").update(
+            x, {"flag": torch.tensor([True, False])}
+        )

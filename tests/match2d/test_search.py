@@ -10,7 +10,7 @@ from corrscan.core.rotations import angular_distance, euler_to_matrix
 from corrscan.errors import InputError
 from corrscan.match2d import match_template
 from corrscan.match2d.config import OrientationSearchConfig
-from corrscan.match2d.peaks import extract_peaks, peaks_to_dataframe
+from corrscan.match2d.peaks import extract_peaks, find_peaks_from_zscore, peaks_to_dataframe
 from corrscan.match2d.result import MatchTemplateResult
 from corrscan.synthetic.micrograph import example_template, simulate_micrograph
 from tests.conftest import requires_cuda
@@ -178,7 +178,9 @@ def test_split_searches_merge_bit_identically(template, planted):
     c = {"orientation_batch_size": 5}
     one = match_template(img, template, compute={"num_threads": 1, **c}, **kw)
     two = match_template(img, template, compute={"num_threads": 2, **c}, **kw)
-    lst = match_template(img, template, compute={"device": ["cpu", "cpu"], "num_threads": 1, **c}, **kw)
+    lst = match_template(
+        img, template, compute={"device": ["cpu", "cpu"], "num_threads": 1, **c}, **kw
+    )
     names = ("mip", "phi", "theta", "psi", "relative_defocus", "correlation_mean",
              "correlation_variance")  # fmt: skip
     for other in (two, lst):
@@ -201,11 +203,19 @@ def test_ctf_placements_agree(template, planted):
             preprocessing=PRE, compute={"ctf_placement": placement}, progress=False,
         )  # fmt: skip
         maps[placement] = r.maps["mip"].flatten()
+        # the planted particles are the strongest peaks, at the same places in both orders
+        py, px = find_peaks_from_zscore(r.maps["mip"], 0.0, mask_radius=10)
+        top = {(int(y), int(x)) for y, x in zip(py[:3], px[:3], strict=True)}
         for _, t in truth.iterrows():
-            win = r.maps["mip"][t["y_corner"] - 2 : t["y_corner"] + 3, t["x_corner"] - 2 : t["x_corner"] + 3]
-            assert float(win.max()) == float(r.maps["mip"].max()) or float(win.max()) > 6
-    c = torch.corrcoef(torch.stack([maps["micrograph"], maps["template_box"]]))[0, 1]
-    assert float(c) > 0.9
+            assert any(
+                abs(y - int(t["y_corner"])) <= 1 and abs(x - int(t["x_corner"])) <= 1
+                for y, x in top
+            )
+    # the box order truncates the CTF-delocalised template: same peaks, lower heights
+    for _, t in truth.iterrows():
+        i = int(t["y_corner"]) * (128 - 32 + 1) + int(t["x_corner"])
+        ratio = float(maps["template_box"][i] / maps["micrograph"][i])
+        assert 0.3 < ratio < 1.05  # truncation loses signal (here ~45% of the peak)
 
 
 def test_valid_crop_off_and_resolution_limit(template, planted):
@@ -225,10 +235,13 @@ def test_valid_crop_off_and_resolution_limit(template, planted):
     assert box == round(32 * 2 / 3)
     scale = fast.metadata["scale_to_input"]
     assert abs(fast.pixel_size - PX * scale) < 1e-9
-    table = peaks_to_dataframe(extract_peaks(fast, z_score_cutoff=4.0), fast)
+    # (three orientations only: pick on the MIP, not on z-scores)
+    py, px = find_peaks_from_zscore(fast.maps["mip"], 0.0, mask_radius=8)
+    cy = (py[:3].double() + box // 2) * scale
+    cx = (px[:3].double() + box // 2) * scale
     for _, t in truth.iterrows():
-        d = np.hypot(table["pos_y_img"] - t["y"], table["pos_x_img"] - t["x"])
-        assert d.min() <= 2.0 * scale + 1
+        d = torch.hypot(cy - float(t["y"]), cx - float(t["x"]))
+        assert float(d.min()) <= 2.0 * scale + 1
 
 
 def test_bundle_roundtrip(planted, tmp_path):

@@ -61,9 +61,9 @@ def test_simulated_stack_truth_ctf_and_noise():
         shifts=truth[["shift_x", "shift_y"]].to_numpy(),
     )  # fmt: skip
     c = ctf_2d(
-        (24, 24), pixel_size=2.0, defocus=torch.from_numpy(truth["defocus_u"].to_numpy()),
-        defocus_v=torch.from_numpy(truth["defocus_v"].to_numpy()),
-        astigmatism_angle=torch.from_numpy(truth["astigmatism_angle"].to_numpy()),
+        (24, 24), pixel_size=2.0, defocus=torch.tensor(truth["defocus_u"].to_numpy()),
+        defocus_v=torch.tensor(truth["defocus_v"].to_numpy()),
+        astigmatism_angle=torch.tensor(truth["astigmatism_angle"].to_numpy()),
         amplitude_contrast=0.1, dtype=torch.float64,
     ).numpy()  # fmt: skip
     # (equal up to the Nyquist row/column, where irfft keeps only the real part)

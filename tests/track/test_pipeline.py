@@ -158,3 +158,49 @@ def test_config_yaml_and_overrides(tmp_path) -> None:
         TrackConfig.from_yaml(p)
     with pytest.raises(ConfigError):
         track_stack(np.zeros((1, 16, 16)), n_iterations=0)
+
+
+def test_cpu_threads_set_for_the_call_and_restored(zlut, beads_clean, monkeypatch) -> None:
+    """Default ``cpu_threads=1`` holds inside every pipeline entry point (native, Z-LUT builder,
+    MagTrack compat) and the caller's thread count is restored, also after an error."""
+    import corrscan.track.pipeline as pipeline
+    from corrscan.track import magtrack_api as mt
+
+    stack, _truth, _ = beads_clean
+    seen: list[int] = []
+    kernel = pipeline.track_kernel
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "track_kernel", spy)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        track_stack(stack[:4], zlut)
+        build_zlut(stack[:6], np.arange(6.0))
+        mt.stack_to_xyzp(np.moveaxis(stack[:4], 0, -1), zlut.to_magtrack())
+        assert seen == [1, 1, 1] and torch.get_num_threads() == 2
+        track_stack(stack[:2], zlut, cpu_threads=None)
+        assert seen[-1] == 2 and torch.get_num_threads() == 2
+        with pytest.raises(InputError):  # error inside the call: threads still restored
+            track_stack(stack[:4], zlut, n_bins=20)
+        assert seen[-1] == 1 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)
+    assert TrackConfig().cpu_threads == 1
+
+
+def test_far_off_centre_beads_tracked_then_flagged(zlut) -> None:
+    """64-px ROI, bead radius 15 px: centres up to 20 px off the ROI centre are found (x within
+    0.05 px, z within 3 nm); at 24 px (bead half outside the ROI) the image is not radially
+    symmetric about any centre: XY_FAILED with NaN x, y, z, never a wrong number."""
+    offs = np.array([0.0, 1200.0, 1800.0, 2000.0, 2400.0])
+    stack, truth = simulate_beads(np.c_[offs, np.zeros(5), np.full(5, 1200.0)])
+    res = track_stack(stack, zlut)
+    assert (res.flags[:4] == 0).all()
+    assert np.abs(res.x[:4] - truth["x_px"][:4]).max() < 0.05
+    assert np.abs(res.z[:4] - 1200.0).max() < 3.0
+    assert res.flags[4] == TrackFlag.XY_FAILED
+    assert np.isnan([res.x[4], res.y[4], res.z[4]]).all()

@@ -64,7 +64,10 @@ def register(app: typer.Typer) -> None:
         ),
         chunk: int = typer.Option(256, min=1, help="Frames per vectorised batch."),
         threads: int | None = typer.Option(
-            None, min=1, help="torch CPU threads (1 is fastest on a busy shared machine)."
+            None,
+            min=1,
+            help="torch CPU threads while tracking (default: the config's cpu_threads, 1; "
+            "tracking is many small operations, fastest on one thread).",
         ),
         nm_per_px: float | None = typer.Option(None, help="Pixel size: adds x_nm, y_nm columns."),
         config: Path | None = typer.Option(None, help="TrackConfig YAML."),

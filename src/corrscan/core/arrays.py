@@ -89,8 +89,13 @@ def to_tensor(
     device: DeviceLike = None,
     dtype: torch.dtype | None = None,
     name: str = "array",
+    keep_integer: bool = False,
 ) -> torch.Tensor:
     """Convert a NumPy/CuPy/torch array to a tensor without copying where possible.
+
+    NumPy arrays are shared with the tensor (zero copy) unless they have a non-native byte
+    order or negative strides (e.g. ``a[::-1]``, ``np.flip``), which torch cannot view: those
+    are copied.
 
     Parameters
     ----------
@@ -99,9 +104,12 @@ def to_tensor(
     device
         Target device; ``None`` keeps the array's own device (NumPy -> CPU).
     dtype
-        Target dtype; ``None`` keeps floating dtypes and turns integer/bool data into float32.
+        Target dtype; ``None`` keeps floating dtypes and turns integer/bool data into float32
+        (unless ``keep_integer``).
     name
         Name used in error messages.
+    keep_integer
+        With ``dtype=None``, keep integer and bool dtypes as they are (indices, labels).
     """
     kind = array_kind(x)
     if kind == "torch":
@@ -110,21 +118,19 @@ def to_tensor(
         t = torch.from_dlpack(x)
     else:
         a = np.asarray(x)
-        if a.dtype.byteorder not in ("=", "|") and a.dtype.byteorder != _native_byteorder():
-            a = a.astype(a.dtype.newbyteorder("="))
-        if a.dtype == np.float16 or a.dtype.kind in "fc":
-            pass
-        elif a.dtype.kind in "iub":
-            pass
-        else:
+        if a.dtype.kind not in "fciub":
             raise InputError(f"{name}: unsupported dtype {a.dtype}")
+        if not a.dtype.isnative:
+            a = a.astype(a.dtype.newbyteorder("="))
+        if any(s < 0 for s in a.strides):
+            a = a.copy()
         if not a.flags.writeable:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 t = torch.from_numpy(a)
         else:
             t = torch.from_numpy(a)
-    if dtype is None and not (t.is_floating_point() or t.is_complex()):
+    if dtype is None and not (keep_integer or t.is_floating_point() or t.is_complex()):
         dtype = torch.float32
     if device is not None:
         dev = resolve_device(device)
@@ -132,10 +138,6 @@ def to_tensor(
     elif dtype is not None:
         t = t.to(dtype=dtype)
     return t
-
-
-def _native_byteorder() -> str:
-    return "<" if np.little_endian else ">"
 
 
 def to_like(t: torch.Tensor, like: Any) -> Any:

@@ -334,7 +334,8 @@ class MaxAccumulator:
         elif dtype == torch.bool:
             raise InputError(f"payload {name!r} must be numeric, got bool")
         else:
-            fill = torch.iinfo(dtype).max if name == self.tie_break else -1
+            info = torch.iinfo(dtype)
+            fill = info.max if name == self.tie_break or info.min == 0 else -1
         return torch.full(self.shape, fill, dtype=dtype, device=self.device)
 
     def _ensure_payloads(self, dtypes: Mapping[str, torch.dtype]) -> None:
@@ -395,7 +396,9 @@ class MaxAccumulator:
             )
         pl: dict[str, torch.Tensor] = {}
         for name in self.payload_names:
-            p = to_tensor(payloads[name], device=self.device, name=f"payload {name!r}")
+            p = to_tensor(
+                payloads[name], device=self.device, name=f"payload {name!r}", keep_integer=True
+            )
             if p.dtype == torch.bool or p.is_complex():
                 raise InputError(f"payload {name!r} must be real numbers, got {p.dtype}")
             p = p.reshape(-1)
@@ -424,6 +427,9 @@ class MaxAccumulator:
         (no host synchronisation).
         """
         cur = self._max
+        # compare, find the argmax and break ties in the stored precision (rounding is
+        # monotone, so the cast batch maximum is the maximum of the cast batch)
+        x = x.to(cur.dtype)
         bmax = bmax.to(cur.dtype)
         self.n_updates += 1
         if cur.device.type == "cpu":

@@ -677,4 +677,6 @@ class MaxScoreOverRotationsConstrained(MaxScoreOverRotations):
         allowed = acc[:, lab] & self._inside  # (B, *shape)
         if scale is not None:
             scores = scores * scale
-        super().update(scores * allowed.to(scores.dtype), indices, matrices)
+        super().update(
+            scores * allowed.to(device=scores.device, dtype=scores.dtype), indices, matrices
+        )

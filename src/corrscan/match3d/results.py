@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from corrscan.errors import FileFormatError, InputError, ResultExistsError
+from corrscan.errors import CorrscanError, FileFormatError, InputError, ResultExistsError
 from corrscan.match3d.rotations import matrices_to_relion_euler, relion_euler_to_matrices
 
 __all__ = ["MatchResult", "read_table", "write_table"]
@@ -213,8 +213,19 @@ class MatchResult:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> MatchResult:
-        """Read a bundle written by :meth:`write`."""
+        """Read a bundle written by :meth:`write`; a damaged bundle raises FileFormatError."""
         path = Path(path)
+        try:
+            return cls._read(path)
+        except CorrscanError:
+            raise
+        except Exception as exc:  # json/CSV/MRC parsers raise many kinds on corrupt input
+            raise FileFormatError(
+                f"{path} is not a readable match3d result bundle ({type(exc).__name__}: {exc})"
+            ) from None
+
+    @classmethod
+    def _read(cls, path: Path) -> MatchResult:
         meta_path = path / "metadata.json"
         if not meta_path.is_file():
             raise FileFormatError(f"{path} is not a match3d result bundle (no metadata.json)")
@@ -225,6 +236,11 @@ class MatchResult:
         ri, _ = _read_mrc(path / "rotation_index.mrc")
         rdf = pd.read_csv(path / "rotations.csv")
         rot = rdf[[f"r{i}{j}" for i in range(3) for j in range(3)]].to_numpy().reshape(-1, 3, 3)
+        rot = rot.astype(np.float64)
+        if ri.shape != scores.shape or scores.ndim != 3:
+            raise FileFormatError(f"{path}: score map {scores.shape} and rotation map {ri.shape}")
+        if not np.all(np.isfinite(rot)) or (ri.size and np.rint(ri).max() >= len(rot)):
+            raise FileFormatError(f"{path}: rotation table does not match the rotation map")
         return cls(
             scores=scores.astype(np.float32), rotation_index=np.rint(ri).astype(np.int32),
             rotations=rot.astype(np.float32), pixel_size=float(meta["pixel_size"]),
@@ -309,6 +325,19 @@ def read_table(
     path = Path(path)
     if not path.is_file():
         raise FileFormatError(f"table not found: {path}")
+    try:
+        return _read_table(path, pixel_size=pixel_size, shape=shape)
+    except CorrscanError:
+        raise
+    except Exception as exc:  # pandas/starfile raise many kinds on corrupt input
+        raise FileFormatError(
+            f"{path} is not a readable orientations table ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _read_table(
+    path: Path, *, pixel_size: float | None, shape: tuple[int, int, int] | None
+) -> pd.DataFrame:
     if path.suffix.lower() == ".csv":
         return pd.read_csv(path)
     import starfile

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from corrscan.core.arrays import as_numpy, check_finite, resolve_device
+from corrscan.core.arrays import as_numpy, check_finite, free_memory_bytes, resolve_device
 from corrscan.core.fourier import next_fast_len
 from corrscan.core.progress import track
 from corrscan.errors import InputError
@@ -208,7 +208,9 @@ def match_template(
         CPU only: rotation-parallel worker threads in this process, each running
         single-threaded torch ops on its own buffers (one copy of the target spectra). Scales
         better than torch's intra-op threads for FFT-bound searches, especially on a busy
-        machine. Results are identical to ``workers=1``. Default 1.
+        machine. Results are identical to ``workers=1``. Default: for CPU boxes of at least
+        ``96^3`` voxels with ``num_threads`` unset, torch's thread count (as memory allows),
+        else 1.
     fused
         Fuse normalisation, max/argmax update and statistics into one ``torch.compile``d
         kernel (one pass over the score map instead of about six). Default: on for CPU
@@ -346,32 +348,33 @@ def match_template(
 
     analyzers: list[MaxScoreOverRotations] = []
     n_batches = sum(math.ceil((b - a) / batch_size) for a, b in chunks) * len(boxes)
-    if num_threads is None and dev.type == "cpu":
-        biggest = max(
-            math.prod(
-                next_fast_len(b - a + l_ + h_) for a, b, l_, h_ in zip(st, sp, lo, hi, strict=True)
-            )
-            for st, sp in boxes
+    big = max(
+        math.prod(
+            next_fast_len(b - a + l_ + h_) for a, b, l_, h_ in zip(st, sp, lo, hi, strict=True)
         )
-        num_threads = 1 if biggest < 96**3 else None
-    if fused is None:
-        big = max(
-            math.prod(
-                next_fast_len(b - a + l_ + h_) for a, b, l_, h_ in zip(st, sp, lo, hi, strict=True)
-            )
-            for st, sp in boxes
-        )
-        fused = dev.type == "cpu" and big >= 96**3 and n_rot * len(boxes) >= 2000
-    # (the compiled kernel is not shared between worker threads)
-    fused = bool(fused) and batch_size == 1 and (workers is None or int(workers) == 1)
-    defer = fused and score == "FLCSphericalMask"
-    n_workers = 1 if workers is None else int(workers)
+        for st, sp in boxes
+    )
+    if num_threads is None and dev.type == "cpu" and big < 96**3:
+        num_threads = 1
+    if workers is None:
+        workers = 1
+        if dev.type == "cpu" and num_threads is None:
+            # rotation-parallel threads instead of intra-op threads, as memory allows
+            per_worker = 3 * 4 * big * batch_size * (3 if score in ("FLC", "MCC") else 1)
+            fit = max(1, int(0.5 * free_memory_bytes("cpu")) // max(per_worker, 1))
+            workers = max(1, min(torch.get_num_threads(), fit, n_rot // batch_size or 1))
+    n_workers = int(workers)
     if n_workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
     if n_workers > 1:
         if dev.type != "cpu":
             raise InputError("workers > 1 is for CPU searches; on a GPU use batch_size")
         num_threads = 1
+    if fused is None:
+        fused = dev.type == "cpu" and big >= 96**3 and n_rot * len(boxes) >= 2000
+    # (the compiled kernel is not shared between worker threads)
+    fused = bool(fused) and batch_size == 1 and n_workers == 1
+    defer = fused and score == "FLCSphericalMask"
     with _threads(num_threads):
         bar = track(
             range(n_batches),

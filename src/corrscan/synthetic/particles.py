@@ -74,7 +74,7 @@ def project_atoms(
     before the CTF.
     """
     a = torch.as_tensor(np.array(coordinates, dtype=np.float64))
-    e = np.asarray(euler, dtype=np.float64).reshape(-1, 3)
+    e = np.array(euler, dtype=np.float64).reshape(-1, 3)  # writable copy
     m, n = e.shape[0], int(n_pixels)
     rot = euler_to_matrix(torch.from_numpy(e))  # (M, 3, 3)
     b = torch.einsum("ai,mij->maj", a, rot)[..., :2]  # (R^T a)_xy, (M, A, 2) Å
@@ -94,7 +94,7 @@ def project_atoms(
         sh = (
             np.zeros((bb.shape[0], 2))
             if shifts is None
-            else np.asarray(shifts, np.float64)[i0 : i0 + 16]
+            else np.array(shifts, np.float64)[i0 : i0 + 16]
         )
         sh = torch.from_numpy(sh)
         tot = sh + c  # place the origin at the centre pixel, then shift

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from corrscan.core.arrays import as_numpy, unwrap
 from corrscan.errors import InputError
-from corrscan.track.pipeline import TrackConfig, crop_rois, track_kernel
+from corrscan.track.pipeline import TrackConfig, cpu_threads, crop_rois, run_batched
 from corrscan.track.profiles import radial_kernel
 from corrscan.track.xy import com_kernel
 from corrscan.track.zlut import ZLUT, lookup_kernel
@@ -574,8 +574,8 @@ def stack_to_xyzp(stack: Any, zlut: Any = None) -> tuple[Any, Any, Any, Any]:
     cfg = TrackConfig(
         n_bins=n_bins,
         min_correlation=-1.0,  # MagTrack returns the best match whatever its correlation
-    )
-    out = track_kernel(img.to(torch.float32), cfg, table)  # float32 is ample (< 0.01 nm)
+    )  # float32 compute is ample (< 0.01 nm); one torch thread, batches planned from memory
+    out = run_batched(img, cfg, table)
     f64 = torch.float64
     return (
         restore(out["x"].to(f64)),
@@ -620,19 +620,20 @@ def stack_to_xyzp_advanced(stack: Any, zlut: Any = None, **kwargs: Any) -> tuple
     img, _ = _stack(stack)
     st = img.permute(1, 2, 0).to(torch.float64)  # (n_px, n_px, n) float64, as MagTrack casts
     opt = {k: dict(kwargs.get(k, {}) or {}) for k in _STAGES}
-    x, y = center_of_mass(st, **opt["center_of_mass"])
-    x, y = auto_conv(st, x, y, **opt["auto_conv"])
-    for _ in range(int(kwargs.get("n auto_conv_multiline_sub_pixel", 5))):  # MagTrack's passes
-        x, y = auto_conv_multiline_sub_pixel(st, x, y, **opt["auto_conv_multiline_sub_pixel"])
-    if kwargs.get("use fft_profile", False):
-        profiles = fft_profile_with_center(st, x, y, **opt["fft_profile"])
-    else:
-        profiles = radial_profile(st, x, y, **opt["radial_profile"])
-    n = st.shape[-1]
-    z = torch.full((n,), float("nan"), dtype=torch.float64)
-    if zlut is not None:
-        try:
-            z = lookup_z(profiles, zlut, **opt["lookup_z"])
-        except LookupZProfileSizeError as exc:
-            warnings.warn(str(exc), LookupZProfileSizeWarning, stacklevel=2)
+    with cpu_threads(TrackConfig().cpu_threads, st.device):  # as the native tracker
+        x, y = center_of_mass(st, **opt["center_of_mass"])
+        x, y = auto_conv(st, x, y, **opt["auto_conv"])
+        for _ in range(int(kwargs.get("n auto_conv_multiline_sub_pixel", 5))):  # MagTrack's
+            x, y = auto_conv_multiline_sub_pixel(st, x, y, **opt["auto_conv_multiline_sub_pixel"])
+        if kwargs.get("use fft_profile", False):
+            profiles = fft_profile_with_center(st, x, y, **opt["fft_profile"])
+        else:
+            profiles = radial_profile(st, x, y, **opt["radial_profile"])
+        n = st.shape[-1]
+        z = torch.full((n,), float("nan"), dtype=torch.float64)
+        if zlut is not None:
+            try:
+                z = lookup_z(profiles, zlut, **opt["lookup_z"])
+            except LookupZProfileSizeError as exc:
+                warnings.warn(str(exc), LookupZProfileSizeWarning, stacklevel=2)
     return as_numpy(x), as_numpy(y), as_numpy(z), as_numpy(profiles)

@@ -19,6 +19,8 @@ Stages of :func:`track_stack`:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,7 +36,15 @@ from corrscan.track.profiles import radial_kernel
 from corrscan.track.xy import com_kernel, symmetry_kernel
 from corrscan.track.zlut import ZLUT, lookup_kernel
 
-__all__ = ["TrackConfig", "TrackResult", "build_zlut", "crop_rois", "track_stack"]
+__all__ = [
+    "TrackConfig",
+    "TrackResult",
+    "build_zlut",
+    "cpu_threads",
+    "crop_rois",
+    "run_batched",
+    "track_stack",
+]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -91,11 +101,12 @@ class TrackConfig(Config):
         None, ge=1, description="Images per vectorised batch (default: planned from memory)."
     )
     cpu_threads: int | None = Field(
-        None,
+        1,
         ge=1,
-        description="torch CPU threads while tracking (restored after; process-wide, so not "
-        "for concurrent callers). None keeps torch's setting. 1 is fastest on a loaded shared "
-        "machine, where torch's thread pool stalls on these many small operations.",
+        description="torch CPU threads while tracking (set for the call and restored after; "
+        "process-wide, so not for concurrent callers). Default 1: tracking is many small "
+        "operations, on which torch's thread pool is slower than one thread (measured 10x on "
+        "a loaded 2-core machine). None keeps torch's current setting.",
     )
 
 
@@ -146,6 +157,43 @@ class TrackResult:
                 "r": as_numpy(self.r).reshape(-1),
             }
         )
+
+
+@contextmanager
+def cpu_threads(n: int | None, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads (``None``: unchanged; no-op off the CPU),
+    restoring the previous count afterwards, also on error."""
+    old = torch.get_num_threads()
+    change = n is not None and torch.device(device).type == "cpu" and int(n) != old
+    if change:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if change:
+            torch.set_num_threads(old)
+
+
+def run_batched(
+    img_all: torch.Tensor, cfg: TrackConfig, zlut: ZLUT | None = None
+) -> dict[str, torch.Tensor]:
+    """:func:`track_kernel` over `(n, H, W)` images in memory-planned batches, with
+    ``cfg.cpu_threads`` torch threads; results concatenated (torch only, ``img_all`` unchanged).
+    """
+    n, h, w = img_all.shape
+    if n == 0:
+        raise InputError("stack has no images: give at least one (H, W) ROI image")
+    n_tab = zlut.n_tables if zlut is not None else 1
+    dtype = _DTYPES[cfg.dtype]
+    per_image = h * w * (dtype.itemsize * 12) + 64 * 1024
+    batch = cfg.batch_size or plan_batch_size(per_image, device=img_all.device, max_batch=8192)
+    batch = max(n_tab, (batch // n_tab) * n_tab)
+    parts: list[dict[str, torch.Tensor]] = []
+    with cpu_threads(cfg.cpu_threads, img_all.device):
+        for start in range(0, n, batch):  # memory-bounded chunks, each fully vectorised
+            img = img_all[start : start + batch].to(dtype).contiguous()
+            parts.append(track_kernel(img, cfg, zlut))
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
 def _resolve_config(config: TrackConfig | None, overrides: dict[str, Any]) -> TrackConfig:
@@ -284,23 +332,7 @@ def track_stack(
             f"got {tuple(t.shape)}"
         )
     img_all = t.reshape(-1, h, w)
-    n = img_all.shape[0]
-    dtype = _DTYPES[cfg.dtype]
-    per_image = h * w * (dtype.itemsize * 12) + 64 * 1024
-    batch = cfg.batch_size or plan_batch_size(per_image, device=t.device, max_batch=8192)
-    batch = max(n_tab, (batch // n_tab) * n_tab)
-    parts: list[dict[str, torch.Tensor]] = []
-    old_threads = torch.get_num_threads()
-    if cfg.cpu_threads and t.device.type == "cpu":
-        torch.set_num_threads(cfg.cpu_threads)
-    try:
-        for start in range(0, n, batch):  # memory-bounded chunks; each chunk fully vectorised
-            img = img_all[start : start + batch].to(dtype)
-            parts.append(track_kernel(img, cfg, zlut))
-    finally:
-        if torch.get_num_threads() != old_threads:
-            torch.set_num_threads(old_threads)
-    out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    out = run_batched(img_all, cfg, zlut)
     n_bins = out["profiles"].shape[-1]
     res = {
         k: (v.reshape(*lead, n_bins) if v.ndim == 2 else v.reshape(lead)) for k, v in out.items()
@@ -417,12 +449,13 @@ def build_zlut(
     img = t.reshape(-1, h, w).to(dtype)
     n_bins = cfg.n_bins or (min(h, w) // 2) * cfg.oversample
     if center == "track":
-        out = track_kernel(img, cfg.model_copy(update={"n_bins": n_bins}), None)
+        out = run_batched(img, cfg.model_copy(update={"n_bins": n_bins}), None)
         prof, counts = out["profiles"], out["counts"]
     elif center == "roi":
         cx = torch.full((img.shape[0],), float(w // 2), dtype=dtype, device=img.device)
         cy = torch.full((img.shape[0],), float(h // 2), dtype=dtype, device=img.device)
-        prof, counts = radial_kernel(img, cx, cy, n_bins, cfg.oversample, cfg.samples_per_px)
+        with cpu_threads(cfg.cpu_threads, img.device):
+            prof, counts = radial_kernel(img, cx, cy, n_bins, cfg.oversample, cfg.samples_per_px)
     else:
         raise InputError(f"center must be 'track' or 'roi', got {center!r}")
     prof = prof.to(torch.float64).cpu().reshape(n_frames, n_beads, n_bins)
