@@ -2,7 +2,9 @@
 
 Data (pyTME spec §12.2): 128^3 float32 tomogram, 32^3 asymmetric pseudo-atom template (peak
 1), spherical mask r = 14, 6 rotated copies, Gaussian noise sigma = 0.5 (easy) or 1.5 (recall),
-no missing wedge; 360 rotations (30 degree step; corrscan's set, given to both programs);
+no missing wedge; 360 rotations (30 degree step; corrscan's set, given to both programs, to
+pyTME in its own matrix convention, see ``to_pytme``); even template size: pyTME rotates about
+``(S - 1) / 2``, corrscan about ``S // 2``, so pyTME's peaks may sit one voxel off;
 circular correlation over the 128^3 box (``pad_edges=False`` / ``pad_target_edges=False``).
 
 Figures (printed as ``RESULT`` lines):
@@ -115,6 +117,15 @@ def have_pytme() -> bool:
     return True
 
 
+_P = np.eye(3)[::-1]
+
+
+def to_pytme(rots: np.ndarray) -> np.ndarray:
+    """pyTME's matrices act on (z, y, x) index vectors and rotate by the inverse (measured on
+    planted copies): our R corresponds to its P R^T P (P reverses the axes), an involution."""
+    return np.ascontiguousarray(_P @ np.swapaxes(np.asarray(rots, np.float64), -1, -2) @ _P)
+
+
 def run_pytme(tomo, tmpl, mask, rots, score, order, workers):
     """pyTME 0.3.6 ``match_exhaustive`` with MaxScoreOverRotations (numpyfftw backend)."""
     from tme.analyzer import MaxScoreOverRotations
@@ -123,6 +134,7 @@ def run_pytme(tomo, tmpl, mask, rots, score, order, workers):
     from tme.matching_scores import MATCHING_EXHAUSTIVE_REGISTER
 
     setup, scoring = MATCHING_EXHAUSTIVE_REGISTER[score]
+    rots = to_pytme(rots)
     md = MatchingData(
         tomo.copy(),
         tmpl.copy(),
@@ -165,10 +177,8 @@ def recall_pytme(out, truth) -> int:
     for p, r in zip(truth["positions"], truth["rotations"], strict=True):
         d = np.abs(coords - p).max(axis=1)
         j = int(d.argmin())
-        m = np.asarray(mapping[int(rot_map[tuple(coords[j])])])
-        # pyTME's matrix may be the transpose of ours (its rotation convention)
-        err = min(rotation_angle_deg(m, r), rotation_angle_deg(m.T, r))
-        if d[j] <= 2 and err < STEP:
+        m = to_pytme(np.asarray(mapping[int(rot_map[tuple(coords[j])])]))  # back to ours
+        if d[j] <= 2 and rotation_angle_deg(m, r) < STEP:
             n += 1
     return n
 

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from corrscan.cli.main import app
 from corrscan.core.io.tiff import write_tiff
+from corrscan.errors import ResultExistsError
 from corrscan.synthetic.beads import simulate_beads
 
 
@@ -76,6 +77,8 @@ def test_track_zlut_then_track(movie_dir) -> None:
             str(d / "tracks.csv"),
             "--nm-per-px",
             "100",
+            "--threads",
+            "1",
         ],
     )
     assert res.exit_code == 0, res.output
@@ -92,7 +95,8 @@ def test_track_zlut_then_track(movie_dir) -> None:
     assert np.sqrt(np.mean((a.z[ok] - truth.z_a[ok]) ** 2)) < 15.0
     assert np.sqrt(np.mean((b.z - truth.z_b) ** 2)) < 15.0
     np.testing.assert_allclose(df.x_nm, df.x * 100)
-    # existing output is protected
+    # existing output is protected: ResultExistsError, file untouched
+    before = (d / "tracks.csv").read_bytes()
     res = runner.invoke(
         app,
         [
@@ -109,6 +113,8 @@ def test_track_zlut_then_track(movie_dir) -> None:
         ],
     )
     assert res.exit_code != 0
+    assert isinstance(res.exception, ResultExistsError)
+    assert (d / "tracks.csv").read_bytes() == before
 
 
 def test_track_bad_inputs(tmp_path) -> None:

@@ -80,3 +80,29 @@ def test_particle_axes_are_rows_of_rotation() -> None:
         np.testing.assert_allclose(ax @ ax.T, np.eye(3), atol=1e-6)
     # phi=90, theta=90: R^T e_z = Ry(-90) Rz(-90) e_z = (-1, 0, 0).
     np.testing.assert_allclose(axes[2, 2], [-1.0, 0.0, 0.0], atol=1e-6)
+
+
+def test_relion5_centre_is_size_over_two_also_for_odd_sizes() -> None:
+    """RELION 5's tomogram centre is N / 2 (float): for odd sizes half a voxel beyond N // 2.
+    Planted voxel positions survive the corrscan -> RELION 5 -> picks round trip."""
+    from corrscan.core.io.star import relion_particles
+
+    shape = (41, 101, 120)  # odd z and y, even x
+    df5 = pd.DataFrame(
+        {
+            "rlnCenteredCoordinateXAngst": [0.0, -35.0],
+            "rlnCenteredCoordinateYAngst": [0.0, 7.0],
+            "rlnCenteredCoordinateZAngst": [0.0, 14.0],
+        }
+    )
+    p = picks_from_table(df5, voxel_size=7.0, shape=shape)
+    np.testing.assert_allclose(p.coordinates, [[20.5, 50.5, 60.0], [22.5, 51.5, 55.0]])
+    rng = np.random.default_rng(3)
+    zyx = rng.uniform(0, 1, (5, 3)) * (np.array(shape) - 1)
+    ours = pd.DataFrame({"x": zyx[:, 2], "y": zyx[:, 1], "z": zyx[:, 0]})
+    rel = relion_particles(ours, version=5, pixel_size=13.5, volume_shape=shape)
+    np.testing.assert_allclose(
+        rel["rlnCenteredCoordinateYAngst"], (zyx[:, 1] - 50.5) * 13.5, rtol=1e-12
+    )
+    back = picks_from_table(rel, voxel_size=13.5, shape=shape)
+    np.testing.assert_allclose(back.coordinates, zyx, rtol=0, atol=1e-9)

@@ -28,6 +28,8 @@ def test_entry_point_matches_native() -> None:
     vol, _ = tomogram_mixture((40, 64, 64), seed=1)
     for method in ("gmm", "cdf", "percentile"):
         assert compute_contrast_limits(vol, method) == tuple(native(vol, method))
+        # the peer's z_radius=None is its computed slab (not the whole volume)
+        assert compute_contrast_limits(vol, method, None) == tuple(native(vol, method, "computed"))
     with pytest.raises(InputError):
         compute_contrast_limits(vol, "kmeans")  # type: ignore[arg-type]
 

@@ -18,6 +18,13 @@ def test_fingerprint_tracks_arrays_and_config():
     b = a.copy()
     b[3] += 1e-6
     assert f1 != fingerprint({"step": 2.0}, b)
+    # arrays nested in a configuration are hashed by content, not by a truncated repr
+    big = np.arange(5000.0)
+    changed = big.copy()
+    changed[2500] = -1.0
+    assert fingerprint({"angles": big}) == fingerprint({"angles": torch.from_numpy(big.copy())})
+    assert fingerprint({"angles": big}) != fingerprint({"angles": changed})
+    assert fingerprint([torch.from_numpy(big)]) != fingerprint([torch.from_numpy(changed)])
 
 
 def test_save_load_roundtrip_and_mismatch(tmp_path):

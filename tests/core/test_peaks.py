@@ -210,3 +210,22 @@ def test_subpixel_refine_3d_and_border() -> None:
     assert ref_b[0, 0] == 0.0 and fl[0]
     with pytest.raises(InputError):
         subpixel_refine(vol, [[9, 0, 0]])
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: find_peaks(np.zeros(5)), "2 or 3 dimensions"),
+        (lambda: find_peaks(np.zeros((5, 5)), min_distance=-1), "min_distance"),
+        (lambda: find_peaks(np.zeros((5, 5)), metric="manhattan"), "metric"),
+        (lambda: find_peaks(np.zeros((5, 5)), exclude_border=-1), "exclude_border"),
+        (lambda: find_peaks(np.zeros((5, 5)), max_peaks=-1), "max_peaks"),
+        (lambda: find_peaks(np.zeros((5, 5), complex)), "real"),
+        (lambda: maximum_filter_peaks(np.zeros((5, 5)), size=0), "size"),
+        (lambda: subpixel_refine(np.zeros((5, 5)), [[1, 1]], method="cubic"), "method"),
+        (lambda: subpixel_refine(np.zeros((5, 5)), [[1.5, 1]]), "integer"),
+    ],
+)
+def test_bad_inputs_name_the_argument(call, match) -> None:
+    with pytest.raises(InputError, match=match):
+        call()

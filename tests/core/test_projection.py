@@ -155,12 +155,20 @@ def test_project_output_shape_and_batch(poses):
 
 
 def test_projection_errors():
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="cubic"):
         prepare_volume_rfft(np.zeros((8, 8, 9), np.float32))
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="pad"):
         prepare_volume_rfft(np.zeros((8, 8, 8), np.float32), pad=0.5)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="rotation_matrices"):
         project(np.zeros((8, 8, 8), np.float32), np.zeros((2, 3)))
+    with pytest.raises(InputError, match="method"):
+        project_fourier(prepare_volume_rfft(np.zeros((8, 8, 8))), np.eye(3), method="gridding")
+    with pytest.raises(InputError, match=r"\(\.\.\., D, H, W\)"):
+        rotate_volume(np.zeros((5, 5)), np.eye(3))
+    with pytest.raises(InputError, match="rotation_matrices"):
+        rotate_volume(np.zeros((5, 5, 5)), np.eye(4))
+    with pytest.raises(InputError, match="order"):
+        rotate_volume(np.zeros((5, 5, 5)), np.eye(3), order=2)
 
 
 # ---------------------------------------------------------------- real-space rotation
@@ -271,3 +279,9 @@ def test_rotate_volume_centre_argument(rng):
     # about a corner: the corner voxel stays
     out = rotate_volume(v, r, center=(0, 0, 0), order=1)
     assert out[3, 0, 0] == pytest.approx(v[3, 0, 0])
+    # an asymmetric centre (z, y, x) = (1, 3, 6): the axis line (z, 3, 6) is fixed and, for
+    # R = Rz(90), out(x, y, z) = V(c + Rz(90) (r - c)) = V(cx - (y - cy), cy + (x - cx), z)
+    out = rotate_volume(v, r, center=(1, 3, 6), order=1)
+    np.testing.assert_allclose(out[:, 3, 6], v[:, 3, 6], atol=1e-12)
+    for y, x in ((2, 6), (4, 5), (5, 7)):  # source (y', x') = (3 + x - 6, 6 - (y - 3))
+        np.testing.assert_allclose(out[:, y, x], v[:, 3 + x - 6, 6 - (y - 3)], atol=1e-12)

@@ -360,3 +360,19 @@ def test_cone_grid():
     dirs = d[::12].numpy()
     nearest = np.degrees(np.arccos(np.clip(v @ dirs.T, -1, 1))).min(1)
     assert nearest.max() < 3.0
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: rot.local_grid(np.zeros(2), half_range_deg=1, step_deg=1), "center"),
+        (lambda: rot.local_grid(np.zeros(3), half_range_deg=1, step_deg=0), "step_deg"),
+        (lambda: rot.local_grid(np.zeros(3), half_range_deg=1, step_deg=1, mode="x"), "mode"),
+        (lambda: rot.cone_grid((0, 0, 0)), "axis"),
+        (lambda: rot.rotation_grid(0.1), "local_grid"),
+        (lambda: rot.so3_grid(psi_step=10, theta_step=10, base_grid="spiral"), "base_grid"),
+    ],
+)
+def test_bad_inputs_name_the_argument(call, match):
+    with pytest.raises(InputError, match=match):
+        call()

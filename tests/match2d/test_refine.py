@@ -39,7 +39,7 @@ def searched():
         orientation_search={"psi_step": 15.0, "theta_step": 15.0}, preprocessing=PRE,
         progress=False,
     )  # fmt: skip
-    table = peaks_to_dataframe(extract_peaks(res, z_score_cutoff=4.5), res)
+    table = peaks_to_dataframe(extract_peaks(res), res)
     return img, vol, truth, res, table
 
 
@@ -65,7 +65,7 @@ def test_refinement_improves_zscores_and_angles(searched):
     cfg = RefineConfig(
         orientation_refinement={
             "phi_step_coarse": 8.0, "theta_step_coarse": 8.0, "psi_step_coarse": 8.0,
-            "phi_step_fine": 2.0, "theta_step_fine": 2.0, "psi_step_fine": 2.0,
+            "phi_step_fine": 4.0, "theta_step_fine": 4.0, "psi_step_fine": 4.0,
         },
         defocus_refinement={"defocus_min": -200, "defocus_max": 200, "defocus_step": 100},
         box_margin=2,
@@ -97,15 +97,15 @@ def test_constrained_search_finds_partner():
     vol = example_template(32, n_atoms=800, atom_sigma=0.7, seed=0)
     ref_ang = np.array([30.0, 50.0, 110.0])
     r_ref = euler_to_matrix(torch.tensor(ref_ang))
-    from corrscan.match2d.refine import _axis_rotation
     from corrscan.core.rotations import matrix_to_euler
+    from corrscan.match2d.refine import _axis_rotation
 
     partner = matrix_to_euler(r_ref @ _axis_rotation(torch.tensor([0.0, 0.0, 1.0]), 20.0))
     c_vec = torch.tensor([40.0 * PX, 10.0 * PX, 0.0], dtype=torch.float64)  # Å, map frame
     shift = r_ref.T @ c_vec / PX  # sample-frame (x, y, z) pixels
     y0, x0 = 50, 45
     y1, x1 = round(y0 + float(shift[1])), round(x0 + float(shift[0]))
-    img, truth = simulate_micrograph(
+    img, _ = simulate_micrograph(
         vol, shape=(144, 144), pixel_size=PX, positions=[[y0, x0], [y1, x1]],
         orientations=np.stack([ref_ang, partner.numpy()]), defocus_u=8000.0,
         relative_defocus=[0.0, float(shift[2]) * PX], signal_scale=8.0, colored_noise_std=2.0,

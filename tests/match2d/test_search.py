@@ -116,12 +116,15 @@ def test_single_template_noise_is_standard_normal(template, placement):
 def _float64_reference(img, template, angles, defocus):
     """Independent float64 evaluation of every correlation map of the search (no chunking,
     no fused statistics): returns mip, argmax index, mean, variance over the valid region."""
-    from corrscan.match2d._templates import central_slices, prepare_template, slices_to_images
-    from corrscan.match2d._templates import subtract_edge_mean
-    from corrscan.match2d.config import PreprocessingFilters
+    from corrscan.match2d._templates import (
+        central_slices,
+        prepare_template,
+        slices_to_images,
+        subtract_edge_mean,
+    )
+    from corrscan.match2d.config import OpticsGroup, PreprocessingFilters
     from corrscan.match2d.preprocess import noise_power_grid, rfft_weights, whiten_micrograph
     from corrscan.match2d.search import template_filters
-    from corrscan.match2d.config import OpticsGroup
 
     x = torch.from_numpy(img)
     h, w = x.shape

@@ -94,3 +94,18 @@ def test_focus_sweep_truth() -> None:
 def test_bad_inputs_raise(kwargs: dict) -> None:
     with pytest.raises(InputError):
         simulate_beads(**kwargs)
+
+
+def test_index_matched_bead_is_invisible_at_any_focus() -> None:
+    """Known answer: with n_sphere = n_medium and no absorption the transmission is 1
+    everywhere, so every image is the flat background level (float64, any z and offset)."""
+    xyz = np.array([[0.0, 0.0, 0.0], [37.0, -81.0, 2500.0], [-120.0, 55.0, -4000.0]])
+    stack, _ = simulate_beads(xyz, n_sphere=1.33, n_medium=1.33, background_level=0.4)
+    np.testing.assert_allclose(stack, 0.4, rtol=0, atol=1e-12)
+    # a pure absorber in focus: the disc centre transmits exp(-2 a R) in amplitude (intensity
+    # ~0.4 * 0.0025, blurred by the pupil), pixels far from it stay at the background
+    dark, _ = simulate_beads(
+        np.zeros((1, 3)), n_sphere=1.33, n_medium=1.33, absorption_per_nm=1e-3, clip=False
+    )
+    assert dark[0, 32, 32] < 0.4 * np.exp(-1e-3 * 3000.0) + 0.05
+    assert abs(dark[0, 2:6, -6:-2].mean() - 0.4) < 0.02  # top-right, away from the bead

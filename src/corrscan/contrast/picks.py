@@ -11,6 +11,14 @@ Accepted tables (pandas DataFrames, STAR or CSV files):
 
 A 2-D table (no z) gets ``z = 0``. Angles follow corrscan's convention
 (:func:`corrscan.core.rotations.euler_to_matrix`).
+
+RELION 5 centred coordinates: ``index = centred_Å / voxel_size + N / 2`` per axis, with
+``N`` the tomogram's size along that axis and the voxel size of the tomogram being viewed
+(RELION's tomogram centre is ``N / 2`` in float division, its coordinates 0-based voxel
+indices). For even ``N`` that centre is corrscan's centre voxel ``N // 2``; for odd ``N`` it is
+``N // 2 + 0.5``, half a voxel beyond it (RELION's rule is kept so that coordinates written
+by RELION 5 land on the right voxel). ``voxel_size`` and ``shape`` must describe the tomogram
+the picks were made on (binned tomogram: its binned voxel size and shape).
 """
 
 from __future__ import annotations
@@ -90,7 +98,8 @@ def picks_from_table(
     voxel_size
         Å (scalar or ``(z, y, x)``; RELION 5 uses one pixel size, x's is taken).
     shape
-        ``(z, y, x)`` of the tomogram (RELION 5 centred coordinates).
+        ``(z, y, x)`` of the tomogram (RELION 5 centred coordinates: the origin is the
+        tomogram centre ``N / 2`` of each axis, see the module docstring).
     """
     from corrscan.core.io.star import from_relion
 

@@ -12,8 +12,10 @@ Same parameters and defaults, corrscan's implementation underneath. Deliberate d
 - unknown ``method`` names raise instead of silently running CDF; ``"percentile"`` works;
 - GMM ``low_variance_mult`` / ``high_variance_mult`` are honoured when given (``None``: the
   per-component-count table);
-- ``z_radius=None`` in the calculator classes keeps the peer's meaning ("computed" slab) but
-  never raises; ``"computed"`` is accepted too; ``central_z_slice=0`` is honoured;
+- ``z_radius=None`` keeps the peer's actual meaning (the "computed" slab between the per-slice
+  std minima; its docstring says "whole volume") in :func:`compute_contrast_limits` and in
+  the calculator classes, but never raises; ``"computed"`` is accepted too (the peer raised
+  ``TypeError``); ``central_z_slice=0`` is honoured;
 - ``num_samples`` counts voxels drawn **from the slab**; NaN/Inf are ignored with a warning;
 - layer dicts hold only Neuroglancer keys: the view hints the peer stored as ``_position``,
   ``_crossSectionScale`` and ``_projectionScale`` are attributes of the returned dict
@@ -60,8 +62,13 @@ def compute_contrast_limits(
     z_radius: int | Literal["auto", "computed"] | None = "auto",
     downsampling_ratio: float | None = 0.3,
 ) -> tuple[float, float]:
-    """cdpng's entry point (see :func:`corrscan.contrast.compute_contrast_limits`; seed 42)."""
-    return tuple(_compute(data, method, z_radius, downsampling_ratio, 42))  # type: ignore[return-value]
+    """cdpng's entry point (see :func:`corrscan.contrast.compute_contrast_limits`; seed 42).
+
+    ``z_radius=None`` is the peer's computed slab (``"computed"`` in corrscan's native API,
+    where ``None`` means the whole volume).
+    """
+    zr = "computed" if z_radius is None else z_radius
+    return tuple(_compute(data, method, zr, downsampling_ratio, 42))  # type: ignore[return-value]
 
 
 class ContrastLimitCalculator:

@@ -177,8 +177,21 @@ def unwrap(
 ) -> tuple[torch.Tensor, Callable[[Any], Any]]:
     """``(tensor, restore)``: the tensor to compute on and a function mapping results back.
 
-    ``restore`` accepts a tensor, or a dict/tuple/list of tensors (other values pass through),
-    and converts every tensor to the kind and device of ``x``.
+    Parameters
+    ----------
+    x
+        NumPy/CuPy/torch array (or Python scalar/sequence, treated as NumPy).
+    device, dtype, name
+        As :func:`to_tensor`.
+
+    Returns
+    -------
+    tensor
+        ``x`` as a tensor (zero copy where possible).
+    restore
+        Accepts a tensor, or a dict/tuple/list of tensors (other values pass through), and
+        converts every tensor to the kind and device of ``x`` (NumPy -> host ``ndarray``,
+        CuPy -> CuPy on ``x``'s GPU, torch -> ``x.device``); dtypes are kept.
     """
     t = to_tensor(x, device=device, dtype=dtype, name=name)
 

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +31,44 @@ __all__ = ["Checkpoint", "fingerprint"]
 _FORMAT = "corrscan-checkpoint-v1"
 
 
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (np.ndarray, torch.Tensor)) or type(x).__module__.startswith("cupy")
+
+
+def _array_digest(x: Any) -> str:
+    """``dtype:shape:sha256(bytes)`` of an array (host copy, C order)."""
+    a = np.ascontiguousarray(as_numpy(x))
+    digest = hashlib.sha256(a.view(np.uint8).reshape(-1).data).hexdigest()
+    return f"array:{a.dtype.str}:{a.shape}:{digest}"
+
+
+def _json_default(obj: Any) -> Any:
+    """JSON form of non-JSON values: arrays by content digest (never a truncated repr)."""
+    if _is_array(obj):
+        return _array_digest(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if hasattr(obj, "model_dump"):  # pydantic configs
+        return obj.model_dump(mode="json")
+    return str(obj)
+
+
 def fingerprint(*parts: Any) -> str:
     """SHA-256 hex digest of configuration values and arrays (order matters).
 
-    Arrays (NumPy/CuPy/torch) are hashed by dtype, shape and bytes; everything else by its JSON
-    form (``default=str``), so two runs of the same search on the same data agree.
+    Arrays (NumPy/CuPy/torch), also inside dicts and lists, are hashed by dtype, shape and
+    bytes; pydantic models by their fields; everything else by its JSON form (``default=str``),
+    so two runs of the same search on the same data agree and any change of the data changes
+    the fingerprint.
     """
     h = hashlib.sha256()
     for part in parts:
-        if isinstance(part, (np.ndarray, torch.Tensor)) or type(part).__module__.startswith("cupy"):
+        if _is_array(part):
             a = np.ascontiguousarray(as_numpy(part))
             h.update(f"array:{a.dtype.str}:{a.shape}".encode())
             h.update(a.view(np.uint8).reshape(-1).data)
         else:
-            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+            h.update(json.dumps(part, sort_keys=True, default=_json_default).encode())
         h.update(b"\x00")
     return h.hexdigest()
 
@@ -107,8 +132,12 @@ class Checkpoint:
             torch.save(payload, tmp)
         self._last_save = time.monotonic()
 
-    def maybe_save(self, state_fn: Any) -> bool:
-        """Save ``state_fn()`` if ``interval_s`` has passed since the last save; return whether."""
+    def maybe_save(self, state_fn: Callable[[], dict[str, Any]]) -> bool:
+        """Save ``state_fn()`` if ``interval_s`` has passed since the last save; return whether.
+
+        ``state_fn`` is only called when a save is due (building the state may cost a device
+        to host copy).
+        """
         if time.monotonic() - self._last_save < self.interval_s:
             return False
         self.save(state_fn())

@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from corrscan.core.arrays import array_kind, resolve_device, to_like
+from corrscan.core.arrays import DeviceLike, array_kind, resolve_device, to_like
+from corrscan.core.fourier import _CACHE_MAX_ELEMENTS, _freq_axes
 from corrscan.errors import InputError
 
 __all__ = [
@@ -47,8 +48,6 @@ __all__ = [
     "ctf_zero_frequencies",
     "electron_wavelength",
 ]
-
-DeviceLike = str | torch.device | None
 
 # CODATA 2018 (same values as scipy.constants, used by torch-ctf)
 _H = 6.62607015e-34  # J s
@@ -169,9 +168,6 @@ def _shape(shape: Any, n: int, name: str) -> tuple[int, ...]:
     return s
 
 
-_CACHE_MAX_ELEMENTS = 1 << 22  # grids larger than this (e.g. whole micrographs) are not cached
-
-
 def _grid_terms(
     shape: tuple[int, ...], rfft: bool, fftshift: bool, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -186,16 +182,9 @@ def _grid_terms_uncached(
     shape: tuple[int, ...], rfft: bool, fftshift: bool, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(|k|², |k|² cos 2α, |k|² sin 2α)`` in cycles²/px² on the (r)fft grid, ``α`` the
-    azimuth of ``(ky, kx)`` (2D: ``kx² - ky²`` and ``2 kx ky``). Cached, read-only."""
-    axes = []
-    for i, n in enumerate(shape):
-        if rfft and i == len(shape) - 1:
-            f = torch.fft.rfftfreq(n, device=device, dtype=torch.float64)
-        else:
-            f = torch.fft.fftfreq(n, device=device, dtype=torch.float64)
-            if fftshift:
-                f = torch.fft.fftshift(f)
-        axes.append(f)
+    azimuth of ``(ky, kx)`` (2D: ``kx² - ky²`` and ``2 kx ky``); computed in float64, returned
+    in ``dtype``. The cached variant's tensors are shared: read-only."""
+    axes = _freq_axes(shape, rfft=rfft, fftshift=fftshift, device=device, dtype=torch.float64)
     grids = torch.meshgrid(*axes, indexing="ij")
     kx, ky = grids[-1], grids[-2]
     kxy2 = kx**2 + ky**2

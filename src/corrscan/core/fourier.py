@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import torch
 
-from corrscan.core.arrays import check_finite, resolve_device, unwrap
+from corrscan.core.arrays import DeviceLike, check_finite, resolve_device, to_tensor, unwrap
 from corrscan.errors import InputError
 
 __all__ = [
@@ -53,8 +53,6 @@ __all__ = [
     "shift_image",
     "whitening_filter",
 ]
-
-DeviceLike = str | torch.device | None
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,17 +400,12 @@ def fourier_shift(x_ft: Any, shifts: Any, *, image_shape: Sequence[int], rfft: b
             f"image_shape {ishape} (rfft={rfft})"
         )
     if not t.is_complex():
-        t = t.to(torch.complex64)
+        t = t.to(torch.complex128 if t.dtype == torch.float64 else torch.complex64)
     rdt = _real_dtype(t)
-    s = torch.as_tensor(_tensor_of(shifts, "shifts"), dtype=rdt, device=t.device)
+    s = torch.as_tensor(to_tensor(shifts, name="shifts"), dtype=rdt, device=t.device)
     if s.ndim == 0 or s.shape[-1] != nd:
         raise InputError(f"shifts must have shape (..., {nd}), got {tuple(s.shape)}")
     return restore(t * _phase_ramp(s, ishape, rfft, t.device, rdt))
-
-
-def _tensor_of(x: Any, name: str) -> torch.Tensor:
-    t, _ = unwrap(x, name=name)
-    return t
 
 
 def shift_image(x: Any, shifts: Any, *, ndim: int | None = None) -> Any:
@@ -434,7 +427,7 @@ def shift_image(x: Any, shifts: Any, *, ndim: int | None = None) -> Any:
     ishape = tuple(t.shape[-nd:])
     ft = torch.fft.rfftn(t, dim=dims)
     out = torch.fft.irfftn(
-        fourier_shift(ft, _tensor_of(shifts, "shifts").to(t.device), image_shape=ishape),
+        fourier_shift(ft, to_tensor(shifts, name="shifts").to(t.device), image_shape=ishape),
         s=ishape,
         dim=dims,
     )
@@ -617,7 +610,7 @@ def radial_profile_to_grid(
     ``(..., *grid)`` values, same kind as ``profile``.
     """
     p, restore = unwrap(profile, name="profile")
-    f = _tensor_of(freq, "freq").to(device=p.device, dtype=p.dtype)
+    f = to_tensor(freq, name="freq").to(device=p.device, dtype=p.dtype)
     s = _as_shape(shape)
     radius = _radius_cached(s, bool(rfft), bool(fftshift), p.device, p.dtype)
     return restore(_interp_profile(radius, f, p))
@@ -626,8 +619,8 @@ def radial_profile_to_grid(
 def _interp_profile(q: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
     """Linear interpolation of ``fp (..., n)`` at ``xp (n,)`` to points ``q (*grid)``.
 
-    Bins that are NaN for every batch item are dropped; remaining NaNs are replaced by the
-    neighbouring finite values through the same interpolation in each batch item.
+    Bins that are not finite in any batch item (e.g. empty or skipped radial bins) are
+    dropped for all items, so the profile is interpolated (or held at the ends) across them.
     """
     if xp.ndim != 1 or fp.shape[-1] != xp.shape[0]:
         raise InputError(f"freq {tuple(xp.shape)} and profile {tuple(fp.shape)} disagree")
@@ -1109,7 +1102,7 @@ def cross_correlate(
     Correlation map, same kind as ``image``; float64 if either input is float64.
     """
     img, restore = unwrap(image, name="image")
-    tpl = _tensor_of(template, "template").to(img.device)
+    tpl = to_tensor(template, name="template").to(img.device)
     img = _to_real(img, "image")
     tpl = _to_real(tpl, "template")
     nd = _infer_ndim(tpl, ndim, "template")

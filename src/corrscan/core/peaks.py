@@ -159,10 +159,26 @@ def maximum_filter(
 ) -> Any:
     """Maximum filter of a `(H, W)` or `(D, H, W)` map; outside the map counts as ``-inf``.
 
-    Either ``size`` (box of ``size`` pixels per axis; for even sizes the window is
-    ``[i - size//2, i + size - 1 - size//2]``, SciPy's convention) or ``radius`` (all pixels
-    within ``radius`` in the ``metric``: a box of side ``2*floor(radius)+1`` for Chebyshev, a
-    ball for Euclidean).
+    Equals ``scipy.ndimage.maximum_filter(score_map, size=size, mode="constant",
+    cval=-inf)`` for ``size``; vectorised (separable running maxima for boxes).
+
+    Parameters
+    ----------
+    score_map
+        `(H, W)` or `(D, H, W)` real array (NumPy/CuPy/torch).
+    size
+        Box of ``size`` pixels per axis (int or one per axis); for even sizes the window is
+        ``[i - size//2, i + size - 1 - size//2]`` (SciPy's convention).
+    radius
+        Instead of ``size``: all pixels within ``radius`` pixels in the ``metric`` (a box of
+        side ``2*floor(radius)+1`` for Chebyshev, a ball for Euclidean).
+    metric
+        ``"chebyshev"`` or ``"euclidean"`` (``radius`` only).
+
+    Returns
+    -------
+    filtered
+        Same shape and kind as ``score_map`` (float32/float64).
     """
     t, restore = unwrap(score_map, name="score_map")
     check_ndim(t, (2, 3), "score_map", layout="(H, W) or (D, H, W)")
@@ -385,6 +401,21 @@ def maximum_filter_peaks(
     ``-inf``), strictly above ``threshold``, ``exclude_border`` pixels from the edges. No
     plateau suppression: all pixels of a flat maximum are returned.
 
+    Parameters
+    ----------
+    score_map
+        `(H, W)` or `(D, H, W)` real scores (NumPy/CuPy/torch).
+    size
+        Box side in pixels (int or one per axis).
+    threshold
+        Keep scores ``> threshold``.
+    exclude_border
+        Pixels excluded at each edge (int or one per axis).
+    max_peaks
+        Keep at most this many (the highest).
+    return_scores
+        Also return the peak scores `(n,)`.
+
     Returns
     -------
     coords
@@ -521,7 +552,7 @@ def subpixel_refine(
     check_ndim(t, (2, 3), "score_map", layout="(H, W) or (D, H, W)")
     t = _floating(t).to(torch.float64)
     nd = t.ndim
-    c = to_tensor(coords, device=t.device, name="coords")
+    c = to_tensor(coords, device=t.device, name="coords", keep_integer=True)
     if c.is_floating_point():
         if not bool((c == c.round()).all()):
             raise InputError("coords must be integer pixel indices")

@@ -152,9 +152,10 @@ def _slice_coordinates(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sampling coordinates of central slices in a prepared (fftshifted z, y) rfft volume.
 
-    Returns ``(idx_xyz (n, 1, h, w//2+1, 3), conj (n, h, w//2+1) bool, inside mask)`` where
-    ``idx_xyz`` are voxel indices of the padded transform for the output frequencies
-    ``ky = fftfreq(h)``, ``kx = rfftfreq(w)`` (cycles/voxel), rotated by ``R``.
+    Returns ``(idx_xyz, conj)``: `(n, 1, h, w // 2 + 1, 3)` voxel indices ``(x, y, z)`` of the
+    padded transform at the rotated output frequencies ``R @ (kx, ky, 0)`` (``ky =
+    fftfreq(h)``, ``kx = rfftfreq(w)``, cycles/voxel), and the `(n, h, w // 2 + 1)` bool mask of
+    the samples taken from the Friedel mate (``kx' < 0``: conjugate the sample).
     """
     dt = r.dtype
     ky = torch.fft.fftfreq(h, device=r.device, dtype=dt)
@@ -331,16 +332,24 @@ def bspline_prefilter(volume: torch.Tensor, ndim: int = 3) -> torch.Tensor:
     return out
 
 
-def _grid_sample_linear(vol5: torch.Tensor, idx_xyz: torch.Tensor, shape: tuple) -> torch.Tensor:
-    """Trilinear samples of ``vol5`` `(B, C, D, H, W)` at index coords `(B, ..., 3)` (x, y, z)."""
+def _normalised_grid(idx_xyz: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Voxel indices ``(x, y, z)`` -> ``grid_sample`` coordinates in [-1, 1] (align_corners)."""
     d, h, w = shape
     scale = torch.tensor(
         [2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1), 2.0 / max(d - 1, 1)],
         dtype=idx_xyz.dtype,
         device=idx_xyz.device,
     )
-    grid = idx_xyz * scale - 1.0
-    return F.grid_sample(vol5, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return idx_xyz * scale - 1.0
+
+
+def _grid_sample_linear(
+    vol5: torch.Tensor, idx_xyz: torch.Tensor, shape: tuple[int, int, int], mode: str = "bilinear"
+) -> torch.Tensor:
+    """Trilinear (or ``mode="nearest"``) samples of ``vol5`` `(B, C, D, H, W)` at voxel
+    indices `(B, Do, Ho, Wo, 3)` ``(x, y, z)``; 0 outside. Returns `(B, C, Do, Ho, Wo)`."""
+    grid = _normalised_grid(idx_xyz, shape)
+    return F.grid_sample(vol5, grid, mode=mode, padding_mode="zeros", align_corners=True)
 
 
 def _sample(vol4: torch.Tensor, idx_xyz: torch.Tensor, order: int) -> torch.Tensor:
@@ -351,22 +360,9 @@ def _sample(vol4: torch.Tensor, idx_xyz: torch.Tensor, order: int) -> torch.Tens
     """
     b = idx_xyz.shape[0]
     shape = tuple(vol4.shape[-3:])
-    if order == 1:
-        return _grid_sample_linear(vol4.unsqueeze(0).expand(b, *vol4.shape), idx_xyz, shape)
-    if order == 0:
-        d, h, w = shape
-        scale = torch.tensor(
-            [2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1), 2.0 / max(d - 1, 1)],
-            dtype=idx_xyz.dtype,
-            device=idx_xyz.device,
-        )
-        return F.grid_sample(
-            vol4.unsqueeze(0).expand(b, *vol4.shape),
-            idx_xyz * scale - 1.0,
-            mode="nearest",
-            padding_mode="zeros",
-            align_corners=True,
-        )
+    if order in (0, 1):
+        mode = "bilinear" if order == 1 else "nearest"
+        return _grid_sample_linear(vol4.unsqueeze(0).expand(b, *vol4.shape), idx_xyz, shape, mode)
     if order != 3:
         raise InputError(f"order must be 0, 1 or 3, got {order}")
     # mirror-extend the coefficients by 2 voxels so that the spline is exact up to the edge
@@ -392,12 +388,7 @@ def _sample(vol4: torch.Tensor, idx_xyz: torch.Tensor, order: int) -> torch.Tens
     h1 = base + 1.0 + (f3 / 6.0) / g1
     del f, f2, f3, w1, base
     # normalised grid_sample coordinates of the two fetch positions per axis
-    scale = torch.tensor(
-        [2.0 / (shape[2] - 1), 2.0 / (shape[1] - 1), 2.0 / (shape[0] - 1)],
-        dtype=t.dtype,
-        device=t.device,
-    )
-    hn = (h0 * scale - 1.0, h1 * scale - 1.0)
+    hn = (_normalised_grid(h0, shape), _normalised_grid(h1, shape))
     gs = (g0 * inside[..., None], g1 * inside[..., None])  # (x, y, z) weights, 0 outside
     del h0, h1, g0, g1, t
     out = None

@@ -87,12 +87,6 @@ def _ry(a: torch.Tensor) -> torch.Tensor:
     return torch.stack([c, z, s, z, o, z, -s, z, c], dim=-1).reshape(*a.shape, 3, 3)
 
 
-def _rx(a: torch.Tensor) -> torch.Tensor:
-    c, s = torch.cos(a), torch.sin(a)
-    o, z = torch.ones_like(a), torch.zeros_like(a)
-    return torch.stack([o, z, z, z, c, -s, z, s, c], dim=-1).reshape(*a.shape, 3, 3)
-
-
 def _euler_to_matrix_t(angles: torch.Tensor) -> torch.Tensor:
     """Tensor kernel of :func:`euler_to_matrix` (computed in float64, cast back)."""
     a = torch.deg2rad(angles.to(torch.float64))

@@ -778,8 +778,16 @@ class SearchStatistics:
         dev = resolve_device(device)
         self.max_acc = MaxAccumulator(shape, payload_names, device=dev, dtype=dtype)
         self.moments = MomentAccumulator(shape, device=dev, shift=shift)
-        self.shape = self.max_acc.shape
-        self.device = dev
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one score map."""
+        return self.max_acc.shape
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the state."""
+        return self.max_acc.device
 
     def update(self, scores: Any, payloads: Mapping[str, Any] | None = None) -> SearchStatistics:
         """Add a batch `(B, *shape)` with its payloads ``{name: (B,)}``; returns ``self``."""
@@ -856,7 +864,6 @@ class SearchStatistics:
         mo = MomentAccumulator.from_state_dict(d["moments"], device=device)
         obj = cls.__new__(cls)
         obj.max_acc, obj.moments = mx, mo
-        obj.shape, obj.device = mx.shape, mx.device
         return obj
 
     def __repr__(self) -> str:

@@ -96,7 +96,16 @@ class _RefineContext:
         spectrum, _ = whiten_micrograph(img, preprocessing, pixel_size=px)
         self.whitened = torch.fft.irfft2(spectrum, s=(h, w))
         self.box = int(template.shape[-1])
-        self.ext = self.box // 4
+        # enlarge the template box by the CTF's delocalisation radius at Nyquist,
+        # lambda * defocus * k_max (Å), so the filtered template does not wrap around
+        from corrscan.core.ctf import electron_wavelength
+
+        lam = float(electron_wavelength(optics.voltage))
+        dfmax = max(abs(optics.defocus_u), abs(optics.defocus_v)) + float(
+            defocus_offsets.abs().max()
+        )
+        deloc = lam * dfmax * (0.5 / px) / px
+        self.ext = int(min(max(self.box // 4, math.ceil(deloc) + 2), max(h, w)))
         L = self.box + 2 * self.ext
         self.L = L
         self.tpl = prepare_template(template.to(device), oversampling)
@@ -202,6 +211,23 @@ class _RefineContext:
         }
 
 
+class _small_ops_threads:
+    """Run small tensor operations single-threaded on CPU (intra-op thread hand-offs cost
+    more than they save on refinement-sized arrays); restores the thread count."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cpu = device.type == "cpu"
+        self.old = torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        if self.cpu:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cpu:
+            torch.set_num_threads(self.old)
+
+
 def _compose(base: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Euler angles of ``R(base) @ R(offset)`` for every offset: `(m, 3)` degrees."""
     r = euler_to_matrix(base.to(torch.float64))[None] @ euler_to_matrix(offsets.to(torch.float64))
@@ -275,7 +301,16 @@ def refine_template(
     mean_map = result.maps["correlation_mean"].to(dev)
     std_map = result.maps.get("correlation_std", result.maps["correlation_variance"].sqrt()).to(dev)
     rows = []
-    for _, p in particles.iterrows():
+    with _small_ops_threads(dev):
+        for _, p in particles.iterrows():
+            rows.append(_refine_one(ctx, p, offsets, optics, preprocessing, img, d_off, p_off,
+                                    config, mean_map, std_map))  # fmt: skip
+    return _refined_table(particles, rows, optics, box)
+
+
+def _refine_one(ctx, p, offsets, optics, preprocessing, img, d_off, p_off, config, mean_map,
+                std_map) -> dict[str, Any]:  # fmt: skip
+    if True:
         base = torch.tensor([p["phi"], p["theta"], p["psi"]], dtype=torch.float64)
         angles = _compose(base, offsets)
         ctx_defocus = float(p.get("relative_defocus", 0.0))
@@ -292,7 +327,10 @@ def refine_template(
             ctx.noise_w = ctx.noise_w / ctx.g.square().clamp_min(1e-30) * g_saved.square()
             ctx.g = g_saved
         r["refined_relative_defocus"] += ctx_defocus
-        rows.append(r)
+        return r
+
+
+def _refined_table(particles, rows, optics, box) -> pd.DataFrame:
     out = particles.copy().reset_index(drop=True)
     ref = pd.DataFrame(rows)
     for c in ref.columns:
@@ -399,6 +437,8 @@ def constrained_search(
     cut = gaussian_noise_zscore_cutoff(n_ccg, config.false_positives)
     c_vec = torch.tensor(config.center_vector, dtype=torch.float64)
     rows = []
+    guard = _small_ops_threads(dev)
+    guard.__enter__()
     for _, p in reference_particles.iterrows():
         base = torch.tensor([p["phi"], p["theta"], p["psi"]], dtype=torch.float64)
         r_ref = euler_to_matrix(base)
@@ -439,6 +479,7 @@ def constrained_search(
             }
         )
         rows.append(res)
+    guard.__exit__()
     out = reference_particles.copy().reset_index(drop=True)
     for c, v in pd.DataFrame(rows).items():
         out[c] = v.to_numpy()

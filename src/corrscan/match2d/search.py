@@ -47,7 +47,13 @@ from typing import Any
 
 import torch
 
-from corrscan.core.arrays import check_finite, plan_batch_size, resolve_device, to_tensor
+from corrscan.core.arrays import (
+    check_finite,
+    free_memory_bytes,
+    plan_batch_size,
+    resolve_device,
+    to_tensor,
+)
 from corrscan.core.ctf import ctf_2d
 from corrscan.core.progress import track
 from corrscan.core.rotations import euler_to_matrix
@@ -398,10 +404,24 @@ def _as_model(value: Any, cls: type, name: str) -> Any:
     raise InputError(f"{name} must be a {cls.__name__} or a dict, got {type(value).__name__}")
 
 
-def _fourier_crop_2d(x: torch.Tensor, new_shape: tuple[int, int]) -> torch.Tensor:
-    from corrscan.core.fourier import fourier_crop
+def _cropped_sizes(box: int, shape: tuple[int, int], factor: float) -> tuple[int, tuple[int, int]]:
+    """Template box and micrograph shape after Fourier cropping by about ``factor`` (< 1).
 
-    return fourier_crop(x, new_shape)
+    The box ``k`` is chosen near ``box · factor`` (at most 3 % below it, so the
+    requested resolution is kept) such that both micrograph sides scale by exactly ``k / box``
+    to integers with small prime factors (fast FFTs); if no such ``k`` exists the sides are
+    rounded (pixel-size mismatch below ``0.5 / side``).
+    """
+    from corrscan.core.fourier import next_fast_len
+
+    k0 = max(8, round(box * factor))
+    lo, hi = max(8, int(k0 * 0.97)), min(box, k0 + max(4, k0 // 4))
+    for k in sorted(range(lo, hi + 1), key=lambda k: (abs(k - k0), -k)):
+        hs = [n * k / box for n in shape]
+        if all(abs(x - round(x)) < 1e-9 and next_fast_len(round(x)) == round(x) for x in hs):
+            return k, (round(hs[0]), round(hs[1]))
+    f = k0 / box
+    return k0, (max(k0, round(shape[0] * f)), max(k0, round(shape[1] * f)))
 
 
 def match_template(
@@ -495,12 +515,8 @@ def match_template(
                 f"resolution_limit {resolution_limit} Å must be coarser than Nyquist "
                 f"({2 * pixel_size} Å) to crop anything"
             )
-        f = 2 * pixel_size / resolution_limit
-        new_box = max(8, round(box * f))
-        f = new_box / box
-        new_img = (
-            max(new_box, round(img.shape[0] * f)),
-            max(new_box, round(img.shape[1] * f)),
+        new_box, new_img = _cropped_sizes(
+            box, (int(img.shape[0]), int(img.shape[1])), 2 * pixel_size / resolution_limit
         )
         from corrscan.core.fourier import fourier_crop
 
@@ -562,7 +578,9 @@ def match_template(
         # a chunk's maps and spectra (~16 bytes per pixel and item) should stay in cache
         chunk = max(1, min(32, (8 << 20) // (16 * h_img * w_img * n_def)))
     else:
-        chunk = 16
+        # GPU: as many orientations per fused step as a third of the free memory allows
+        per = _chunk_bytes((h_img, w_img), n_def, 1)
+        chunk = max(1, min(16, int(0.3 * free_memory_bytes(dev0)) // per))
     n_workers = 1
     if cpu:
         # CPU: independent worker threads with single-threaded torch ops (no intra-op

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from corrscan.core.arrays import unwrap
+from corrscan.core.arrays import resolve_device, unwrap
 from corrscan.errors import InputError
 
 __all__ = [
@@ -160,7 +160,8 @@ def render_gaussians(
     amplitudes
         `(n,)` peak heights (default 1).
     dtype, device
-        Of the result (computed in float64).
+        Of the result (computed in float64; ``device`` as
+        :func:`corrscan.core.arrays.resolve_device`, default: that of ``positions``).
 
     Returns
     -------
@@ -186,7 +187,7 @@ def render_gaussians(
     gz, gy, gx = g(d, 0) * a[:, None], g(h, 1), g(w, 2)
     yx = (gy[:, :, None] * gx[:, None, :]).reshape(p.shape[0], h * w)
     vol = (gz.T @ yx).reshape(d, h, w)
-    return vol.to(dtype=dtype, device=device if device is not None else p.device)
+    return vol.to(dtype=dtype, device=resolve_device(device) if device is not None else p.device)
 
 
 def project_gaussians(

@@ -22,7 +22,10 @@ Differences, all deliberate:
 - ``stack_to_xyzp`` runs corrscan's native tracker (Fourier symmetry-centre x, y; interpolated
   profiles; spline z) and returns MagTrack's ``(x, y, z, profiles)``;
   ``stack_to_xyzp_advanced`` with stage options runs MagTrack's stage chain on these functions;
-- no import side effects (no ``np.seterr``, no warnings), explicit ``__all__``.
+- no import side effects (no ``np.seterr``, no warnings), explicit ``__all__``;
+- ``stack_to_xyzp`` and ``stack_to_xyzp_advanced`` run with one torch CPU thread (the native
+  ``TrackConfig.cpu_threads`` default; the caller's count is restored afterwards), in
+  memory-planned batches.
 """
 
 from __future__ import annotations
@@ -209,12 +212,17 @@ def pearson(x: Any, y: Any) -> Any:
         raise InputError(
             f"x and y need the same number of rows, got {xt.shape[0]} and {yt.shape[0]}"
         )
+    return restore(_pearson_t(xt, yt))
+
+
+def _pearson_t(xt: torch.Tensor, yt: torch.Tensor) -> torch.Tensor:
+    """Torch core of :func:`pearson`: `(n, m)`, `(n, k)` -> `(k, m)`."""
     xc = torch.nan_to_num(xt - torch.nanmean(xt, dim=0, keepdim=True), nan=0.0)
     yc = torch.nan_to_num(yt - torch.nanmean(yt, dim=0, keepdim=True), nan=0.0)
     num = yc.T @ xc
     den = torch.linalg.vector_norm(yc, dim=0)[:, None] * torch.linalg.vector_norm(xc, dim=0)[None]
     r = num / den
-    return restore(torch.where(den > 0, r, torch.full_like(r, float("nan"))))
+    return torch.where(den > 0, r, torch.full_like(r, float("nan")))
 
 
 def gaussian(x: Any, mu: Any, sigma: Any) -> Any:
@@ -507,7 +515,7 @@ def lookup_z(profiles: Any, zlut: Any, n_local: int = 7, *, method: str = "splin
     ref = lut[2:]  # drop bin 0
     meas = pt[1:]
     n_ref = ref.shape[1]
-    r = torch.as_tensor(as_numpy(pearson(ref, meas)), device=pt.device)  # (n_images, n_ref)
+    r = _pearson_t(ref, meas)  # (n_images, n_ref), on the input's device
     r_clean = torch.nan_to_num(r, nan=-2.0)
     k = r_clean.argmax(dim=1)
     bad = ~torch.isfinite(r).all(dim=1)

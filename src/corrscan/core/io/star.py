@@ -243,8 +243,6 @@ def relion_particles(
                 raise InputError(f"3-D table is missing column {ax!r}")
             out[_CENTERED[ax]] = (out[ax].to_numpy(dtype=np.float64) - shp[ax] / 2.0) * ps
         out = out.drop(columns=["x", "y", "z"])
-        cols = [c for c in ("x", "y", "z") if c in out.columns]
-        out = out.drop(columns=cols)
         order = [_CENTERED[a] for a in ("x", "y", "z")]
         out = out[order + [c for c in out.columns if c not in order]]
     return out.rename(columns={k: v for k, v in RELION_COLUMNS.items() if k in out.columns})

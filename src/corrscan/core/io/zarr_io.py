@@ -149,7 +149,26 @@ def write_ome_zarr(
 ) -> Path:
     """Write a 2-D/3-D array as an NGFF 0.4 OME-Zarr with ``n_levels`` 2x-binned levels.
 
-    Axes ``(z,) y, x`` in angstrom; level ``i`` has scale ``voxel_size * 2**i`` (mean binning).
+    Parameters
+    ----------
+    path
+        ``.zarr`` folder to create.
+    data
+        `(H, W)` or `(D, H, W)` array (NumPy/CuPy/torch).
+    voxel_size
+        Å per pixel: a number or one value per axis, `(z, y, x)` / `(y, x)`.
+    n_levels
+        Resolution levels; level ``i`` is the ``2**i`` mean-binned array (odd edges cropped)
+        with scale ``voxel_size * 2**i``.
+    chunks
+        Chunk size per axis (clipped to the array shape).
+    overwrite
+        Replace an existing store; otherwise :class:`~corrscan.errors.ResultExistsError`.
+
+    Returns
+    -------
+    Path
+        The store. Axes are written as ``(z,) y, x`` in angstrom.
     """
     import numpy as np
     import zarr
@@ -173,14 +192,12 @@ def write_ome_zarr(
     names = "zyx"[-a.ndim :]
     datasets = []
     level = a
+    chunk_sizes = [int(c) for c in np.broadcast_to(chunks, (a.ndim,))]
     for i in range(int(n_levels)):
         root.create_array(
             str(i),
             data=np.ascontiguousarray(level),
-            chunks=tuple(
-                min(int(chunks) if np.ndim(chunks) == 0 else c, s)
-                for c, s in zip(np.broadcast_to(chunks, (a.ndim,)), level.shape, strict=True)
-            ),
+            chunks=tuple(min(c, s) for c, s in zip(chunk_sizes, level.shape, strict=True)),
         )
         datasets.append(
             {
