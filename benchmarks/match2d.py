@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.quick:
-        cases = [(512, 64, 32, 96)]
+        cases = [(512, 64, 32, 192)]
     else:
         cases = [(512, 64, 64, 256), (1024, 64, 32, 96), (1024, 128, 32, 96), (4096, 512, 8, 24)]
     if args.sizes:

@@ -128,3 +128,36 @@ def test_constrained_search_finds_partner():
     row = out.iloc[0]
     assert abs(row["axis_angle"] - 20.0) <= 5.0
     assert abs(row["refined_pos_y"] + 16 - y1) <= 1 and abs(row["refined_pos_x"] + 16 - x1) <= 1
+
+
+def test_template_pixel_size_optimisation():
+    """Atoms rendered at the true pixel size give the best score among trial pixel sizes."""
+    from corrscan.match2d.refine import optimize_template_pixel_size
+    from corrscan.synthetic.density import pseudo_atom_positions, render_gaussians
+
+    atoms = pseudo_atom_positions(700, radius=16.0, min_distance=1.5, seed=3)  # Å, centred
+    true_px = 1.5
+    vol = render_gaussians(atoms / true_px + 16, 32, sigma=1.0 / true_px).numpy()
+    grid = {"psi_step": 20.0, "theta_step": 20.0}
+    from corrscan.match2d.config import OrientationSearchConfig
+
+    angles = OrientationSearchConfig(**grid).angles()
+    pick = angles[np.random.default_rng(0).choice(len(angles), 3, replace=False)].numpy()
+    img, truth = simulate_micrograph(
+        vol, shape=(128, 128), pixel_size=true_px, n_particles=3, orientations=pick,
+        defocus_u=8000.0, signal_scale=4.0, colored_noise_std=2.0, seed=8,
+    )  # fmt: skip
+    res = match_template(
+        img, vol, optics=OPTICS, defocus_search={"enabled": False}, orientation_search=grid,
+        preprocessing=PRE, progress=False,
+    )  # fmt: skip
+    parts = pd.DataFrame(
+        {"pos_y": truth["y_corner"], "pos_x": truth["x_corner"], "phi": truth["phi"],
+         "theta": truth["theta"], "psi": truth["psi"], "relative_defocus": 0.0}
+    )  # fmt: skip
+    best, log = optimize_template_pixel_size(
+        img, atoms, parts, res, box=32, atom_sigma=1.0, coarse_range=0.06, coarse_step=0.02,
+        fine_step=0.005,
+    )  # fmt: skip
+    assert abs(best - true_px) <= 0.01 * true_px
+    assert len(log) >= 5 and log["score"].idxmax() == log["pixel_size"].sub(best).abs().idxmin()

@@ -247,6 +247,11 @@ def _unravel(flat: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return torch.stack(torch.unravel_index(flat, tuple(shape)), dim=-1).to(torch.int64)
 
 
+def _c_strides(shape: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Element strides `(ndim,)` of a C-ordered array of ``shape`` (flat index = coords @ s)."""
+    return torch.as_tensor([math.prod(shape[a + 1 :]) for a in range(len(shape))], device=device)
+
+
 # ----------------------------------------------------------------------------- peak pickers
 
 
@@ -350,9 +355,7 @@ def _resolve_plateaus(
     shp = torch.as_tensor(tuple(shape), device=flat.device)
     tmask = torch.zeros(int(np.prod(shape)), dtype=torch.bool, device=flat.device)
     tmask[flat[tpos]] = True
-    strides = torch.as_tensor(
-        [int(np.prod(shape[a + 1 :])) for a in range(len(shape))], device=flat.device
-    )
+    strides = _c_strides(shape, flat.device)
     conflicted = torch.zeros(tpos.numel(), dtype=torch.bool, device=flat.device)
     chunk = max(1, (1 << 22) // max(1, offs.shape[0]))
     for s in range(0, tpos.numel(), chunk):
@@ -566,7 +569,7 @@ def subpixel_refine(
         raise InputError(f"coords must lie inside the map of shape {tuple(t.shape)}")
     if method not in ("parabolic", "gaussian", "quadratic"):
         raise InputError(f"method must be 'parabolic', 'gaussian' or 'quadratic', got {method!r}")
-    strides = torch.as_tensor([int(np.prod(t.shape[a + 1 :])) for a in range(nd)], device=t.device)
+    strides = _c_strides(t.shape, t.device)
     tf = t.reshape(-1)
 
     def sample(pos: torch.Tensor) -> torch.Tensor:

@@ -289,8 +289,11 @@ class MaxAccumulator:
     Notes
     -----
     State: ``max`` `(*shape)` starts at ``-inf``; payload maps `(*shape)` are created at the
-    first update with each payload's dtype (integer payloads start at their dtype's maximum,
-    floating ones at NaN). Pixels keep those fill values only if never updated.
+    first update with each payload's dtype, integers kept exact (the tie-break payload starts
+    at its dtype's maximum / ``inf``, others at -1 / NaN). Pixels keep those fill values only
+    if never updated. Scores of another floating dtype than ``dtype`` are rounded to ``dtype``
+    before they are compared, so ties (and the merge invariance) are decided in the stored
+    precision.
     """
 
     def __init__(

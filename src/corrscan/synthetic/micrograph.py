@@ -9,7 +9,9 @@ Image model (the same conventions as :mod:`corrscan.match2d`):
   placed with its centre (pixel ``D // 2``) on the particle's integer centre ``(y, x)``;
 * ``CTF`` is :func:`corrscan.core.ctf.ctf_2d` (torch-ctf's ``-sin γ``) at the particle's
   absolute defocus, with the micrograph's astigmatism; the ``-1`` makes protein dark at low
-  frequency; ``a`` is ``signal_scale``;
+  frequency; ``a`` is ``signal_scale``. The CTF is applied as a linear convolution (on a
+  canvas padded by the delocalisation radius ``λ Δf k_Nyquist``), so signal delocalised
+  beyond the field of view is lost, as in a real micrograph, not wrapped around;
 * noise is white Gaussian of standard deviation ``noise_std`` plus, optionally, a smooth
   coloured component (``colored_noise_std``, power ~ 1/(k + k0)) that whitening must remove.
 
@@ -201,11 +203,19 @@ def simulate_micrograph(
     rel = np.broadcast_to(rel, (n,)).astype(np.float64)
     dv = defocus_u if defocus_v is None else defocus_v
 
-    spec = torch.zeros(h, w // 2 + 1, dtype=torch.complex128)
+    # linear (not circular) CTF convolution: work on a canvas padded by the CTF's
+    # delocalisation radius at Nyquist, lambda * defocus * k_max, then crop
+    from corrscan.core.ctf import electron_wavelength
+
+    df_max = max(abs(defocus_u), abs(dv)) + (float(np.abs(rel).max()) if n else 0.0)
+    deloc = float(electron_wavelength(voltage)) * df_max * (0.5 / pixel_size) / pixel_size
+    pad = int(min(math.ceil(deloc) + 2, 2 * max(h, w)))
+    hp, wp = h + 2 * pad, w + 2 * pad
+    spec = torch.zeros(hp, wp // 2 + 1, dtype=torch.complex128)
     if n:
         proj = project(vol, euler_to_matrix(torch.from_numpy(ang)).to(torch.float32), pad=2.0)
         ctf = ctf_2d(
-            (h, w),
+            (hp, wp),
             pixel_size=pixel_size,
             defocus=torch.from_numpy(defocus_u + rel),
             defocus_v=torch.from_numpy(dv + rel),
@@ -217,14 +227,15 @@ def simulate_micrograph(
             dtype=torch.float64,
         )
         for i in range(n):  # one canvas per particle (each has its own defocus)
-            canvas = torch.zeros(h, w, dtype=torch.float64)
-            y0, x0 = int(pos[i, 0]) - d // 2, int(pos[i, 1]) - d // 2
-            ys, xs = slice(max(y0, 0), min(y0 + d, h)), slice(max(x0, 0), min(x0 + d, w))
+            canvas = torch.zeros(hp, wp, dtype=torch.float64)
+            y0, x0 = int(pos[i, 0]) - d // 2 + pad, int(pos[i, 1]) - d // 2 + pad
+            ys, xs = slice(max(y0, 0), min(y0 + d, hp)), slice(max(x0, 0), min(x0 + d, wp))
             canvas[ys, xs] = proj[
                 i, ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0
             ].double()
             spec += ctf[i] * torch.fft.rfft2(canvas)
-    image = torch.fft.irfft2(-signal_scale * spec, s=(h, w))
+    image = torch.fft.irfft2(-signal_scale * spec, s=(hp, wp))[pad : pad + h, pad : pad + w]
+    image = image.contiguous()
     gen = torch.Generator().manual_seed(int(seed))
     image += noise_std * torch.randn(h, w, generator=gen, dtype=torch.float64)
     if colored_noise_std > 0:
