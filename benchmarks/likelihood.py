@@ -188,6 +188,15 @@ def main() -> None:
             f"p90={np.percentile(e, 90):.2f} frac_lt_10={np.mean(e < 10):.3f} "
             f"(peer all: 2.81 / 8.1 / 0.97)"
         )
+    view_step = np.rad2deg(np.sqrt(4 * np.pi / n_tpl))  # Fibonacci neighbour spacing
+    psi_step = 360.0 / grid.n_inplanes
+    print(
+        f"INFO on-grid within_one_step: view(rotation error <= {view_step:.1f} deg)="
+        f"{np.mean(rot_err[:half] <= view_step):.3f} psi(<= {psi_step:.2f} deg)="
+        f"{np.mean(np.abs(dpsi[:half]) <= psi_step + 1e-4):.3f} "
+        f"exact_template_and_psi={np.mean(exact & (np.abs(dpsi[:half]) < 1e-4)):.3f} "
+        "(peer on-grid: exact template 0.987, exact template + psi 0.487)"
+    )
     decoy = search(ims, tpl_decoy, disp, level="pose", likelihood=True, device="cpu")
     wins = (res_ll.integrated_log_likelihood > decoy.integrated_log_likelihood).double().mean()
     same = bool(torch.equal(res_cc.template, res_ll.template))

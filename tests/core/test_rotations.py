@@ -306,6 +306,81 @@ def test_rotation_grid_info_and_errors():
         rot.rotation_grid(0.0)
 
 
+# ---------------------------------------------------------------- super-Fibonacci covering sets
+
+
+def _spiral_quaternions_float64(n: int) -> np.ndarray:
+    """Alexa 2022 super-Fibonacci quaternions ``(w, x, y, z)``, straight from the paper."""
+    psi = 1.533751168755204288118041  # real root of psi^4 = psi + 4
+    assert abs(psi**4 - psi - 4) < 1e-12
+    s = np.arange(n) + 0.5
+    r, rr = np.sqrt(s / n), np.sqrt(1 - s / n)
+    a, b = 2 * np.pi * s / np.sqrt(2), 2 * np.pi * s / psi
+    return np.stack([r * np.sin(a), r * np.cos(a), rr * np.sin(b), rr * np.cos(b)], -1)
+
+
+def test_super_fibonacci_rotations_are_the_inverse_spiral():
+    g = rot.super_fibonacci_rotations(97)
+    assert g.shape == (97, 3, 3) and g.dtype == torch.float64
+    q = _spiral_quaternions_float64(97)
+    spiral = Rotation.from_quat(q[:, [1, 2, 3, 0]]).as_matrix()  # scipy: (x, y, z, w)
+    np.testing.assert_allclose(g.numpy(), np.swapaxes(spiral, 1, 2), atol=1e-14)
+    torch.testing.assert_close(
+        g @ g.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand_as(g), atol=1e-12, rtol=0
+    )
+    assert rot.super_fibonacci_rotations(5, dtype=torch.float32).dtype == torch.float32
+    with pytest.raises(InputError, match="number of rotations"):
+        rot.super_fibonacci_rotations(0)
+
+
+@pytest.mark.parametrize("step", [60.0, 30.0])
+def test_covering_rotations_cover_about_the_step(step):
+    n = rot.n_covering_rotations(step)
+    assert rot.n_covering_rotations(30.0) == 360  # pyTME's count for 30 degrees
+    g = rot.rotation_grid(step, method="fibonacci", dtype=torch.float64)
+    assert g.shape[0] == n == rot.n_rotations_for_step(step, method="fibonacci")
+    torch.testing.assert_close(g, rot.covering_rotations(angular_step=step, dtype=torch.float64))
+    torch.testing.assert_close(g, rot.covering_rotations(n_rotations=n, dtype=torch.float64))
+    samples = torch.as_tensor(Rotation.random(4000, random_state=8).as_matrix())
+    d = _nearest_distance(samples, g)
+    assert 0.75 * step <= float(d.max()) <= 1.15 * step  # calibrated, not over-sampled
+    # more rotations for a finer step, roughly as step^-3
+    assert rot.n_covering_rotations(15.0) == pytest.approx(8 * 360, rel=0.01)
+
+
+@pytest.mark.parametrize("sym", ["C2", "C4", "D2", "D3"])
+def test_covering_rotations_symmetry_window(sym):
+    full = rot.covering_rotations(n_rotations=600, dtype=torch.float64)
+    red = rot.covering_rotations(n_rotations=600, symmetry=sym, dtype=torch.float64)
+    k = rot.symmetry_order(sym)
+    assert abs(red.shape[0] - 600 / k) <= 0.15 * 600 / k
+    mask = rot.euler_window_mask(full, sym)
+    torch.testing.assert_close(red, full[mask], rtol=0, atol=0)
+    assert isinstance(rot.euler_window_mask(full.numpy(), sym), np.ndarray)  # same kind out
+    # the window is an asymmetric unit: of the |G| images S @ R of any R, exactly one is in
+    # it (away from the window's edges, where rounding decides)
+    sym_m = rot.symmetry_matrices(sym, dtype=torch.float64)
+    probe = torch.as_tensor(Rotation.random(300, random_state=9).as_matrix())
+    images = (sym_m[:, None] @ probe[None]).reshape(-1, 3, 3)
+    inside = rot.euler_window_mask(images, sym).reshape(k, -1)
+    assert (inside.sum(0) == 1).float().mean() > 0.97
+    # coverage modulo symmetry: the window edge costs a little (no margin)
+    d_red = _nearest_distance(probe, red, sym_m)
+    d_full = _nearest_distance(probe, full)
+    assert float(d_red.max()) <= 1.3 * float(d_full.max())
+
+
+def test_covering_rotations_errors():
+    with pytest.raises(InputError, match="exactly one"):
+        rot.covering_rotations(angular_step=30.0, n_rotations=10)
+    with pytest.raises(InputError, match="Cn and Dn"):
+        rot.covering_rotations(n_rotations=100, symmetry="T")
+    with pytest.raises(InputError, match="method"):
+        rot.rotation_grid(30.0, method="karney")
+    with pytest.raises(InputError, match="angular_step"):
+        rot.n_covering_rotations(0.0)
+
+
 # ---------------------------------------------------------------- local and cone grids
 
 

@@ -144,12 +144,7 @@ def test_match2d_bundle(bundles, tmp_path, data, frac, pos, byte, which):
     _bundle_case(bundles, tmp_path, "match2d", member, [data, *_mutations(valid, frac, pos, byte)])
 
 
-@pytest.mark.xfail(
-    reason="match3d.results.MatchResult.read does not wrap json/CSV errors of a corrupt "
-    "bundle in FileFormatError yet (reported to the match3d owner)",
-    strict=False,
-)
-@FUZZ_KNOWN_BUG
+@FUZZ
 @given(data=st.binary(max_size=256), frac=st.floats(0, 1), pos=st.floats(0, 1),
        byte=st.integers(0, 255), which=st.integers(0, 2))  # fmt: skip
 def test_match3d_bundle(bundles, tmp_path, data, frac, pos, byte, which):
@@ -169,13 +164,8 @@ def stacks(tmp_path_factory):
     return d
 
 
-@pytest.mark.xfail(
-    reason="likelihood.stacks PolarImages.load / PolarTemplates.load let KeyError, "
-    "JSONDecodeError and TypeError of mutated files escape (reported to the likelihood owner)",
-    strict=False,
-)
 @pytest.mark.parametrize("kind", ["images", "templates"])
-@FUZZ_KNOWN_BUG
+@FUZZ
 @given(data=st.binary(max_size=256), frac=st.floats(0, 1), pos=st.floats(0, 1),
        byte=st.integers(0, 255))  # fmt: skip
 def test_likelihood_stack_files(stacks, tmp_path, kind, data, frac, pos, byte):
@@ -188,12 +178,7 @@ def test_likelihood_stack_files(stacks, tmp_path, kind, data, frac, pos, byte):
 
 
 # ----------------------------------------------------------------------------- match3d tables
-@pytest.mark.xfail(
-    reason="match3d.results.read_table lets pandas/starfile errors of corrupt tables escape "
-    "(reported to the match3d owner)",
-    strict=False,
-)
-@FUZZ_KNOWN_BUG
+@FUZZ
 @given(data=st.binary(max_size=256), frac=st.floats(0, 1), pos=st.floats(0, 1),
        byte=st.integers(0, 255))  # fmt: skip
 def test_match3d_tables(tmp_path, data, frac, pos, byte):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from corrscan.likelihood.grid import displacement_grid
-from corrscan.likelihood.kernel import log_likelihood_at_poses, search
+from corrscan.core.rotations import angular_distance, euler_to_matrix
+from corrscan.likelihood.grid import displacement_grid, viewing_grid_fibonacci
+from corrscan.likelihood.kernel import log_likelihood_at_poses, pose_inner_products, search
 from corrscan.likelihood.stacks import images_from_real_space
+from corrscan.likelihood.templates import atoms_to_polar_templates
 from corrscan.synthetic.particles import simulate_particles
 from tests.likelihood.conftest import N_PIXELS, PIXEL_SIZE, SIGMA, ctf_from_truth, on_grid_poses
 
@@ -61,7 +64,7 @@ def test_noise_free_poses_are_exact_and_cc_near_one(structure):
     np.testing.assert_allclose(res.inplane_rotation.numpy(), truth["psi"], atol=1e-9)
     np.testing.assert_allclose(res.displacement_x.numpy(), sh[:, 0] * PIXEL_SIZE, atol=1e-9)
     np.testing.assert_allclose(res.displacement_y.numpy(), sh[:, 1] * PIXEL_SIZE, atol=1e-9)
-    assert res.cross_correlation.min() > 0.97
+    assert res.cross_correlation.min() > 0.99
 
 
 def test_integrated_likelihood_prefers_the_true_structure(structure):
@@ -129,3 +132,82 @@ def test_likelihoods_track_the_exact_gaussian_log_likelihood(structure):
         assert abs(_slope(exact, ours) - 1.0) < 0.05, name
     # the spread is real (noise levels differ by 4x), so the slope is informative
     assert exact.std() > 100 * np.sqrt(n / 2) / np.sqrt(n)
+
+
+# ----------------------------------------------------------------------------- known answers
+@pytest.fixture(scope="module")
+def fine_views(structure):
+    """300 Fibonacci views (neighbour spacing ~12°, as in the benchmark), double precision."""
+    g, v = structure["grid"], viewing_grid_fibonacci(300)
+    tpl = atoms_to_polar_templates(structure["atoms"], g, v, sigma=SIGMA, precision="double")
+    return v, tpl
+
+
+def _planted(structure, views, m, seed, **kw):
+    g = structure["grid"]
+    si, wi, euler = on_grid_poses(views, g, m, seed=seed)
+    sh = np.random.default_rng(seed + 1).integers(-1, 2, (m, 2)).astype(float)  # shift grid
+    imgs, truth = simulate_particles(
+        structure["atoms"], n_images=m, n_pixels=N_PIXELS, pixel_size=PIXEL_SIZE, sigma=SIGMA,
+        euler=euler, shifts=sh, seed=seed + 2, **kw,
+    )  # fmt: skip
+    ims = images_from_real_space(imgs, g, ctf_from_truth(truth), precision="double")
+    return si, wi, sh, euler, ims
+
+
+def test_planted_on_grid_poses_are_recovered_exactly_without_noise(structure, fine_views):
+    """Known answer that catches convention errors (Euler/psi composition, half-step grid
+    offsets, shift frame or sign, CTF sign, rotation-dependent template normalisation): every
+    planted (view, psi, shift) on the search grid is found exactly, with CC ~ 1."""
+    v, tpl = fine_views
+    g = structure["grid"]
+    si, wi, sh, _euler, ims = _planted(structure, v, 40, seed=31, noise_sigma=1e-9)
+    disp = displacement_grid(1.0, 3, 3, pixel_size=PIXEL_SIZE)
+    res = search(ims, tpl, disp, level="pose", device="cpu", precision="double")
+    assert np.array_equal(res.template.numpy(), si)
+    np.testing.assert_allclose(res.inplane_rotation.numpy(), np.rad2deg(g.angles[wi]), atol=1e-9)
+    np.testing.assert_allclose(res.displacement_x.numpy(), sh[:, 0] * PIXEL_SIZE, atol=1e-9)
+    np.testing.assert_allclose(res.displacement_y.numpy(), sh[:, 1] * PIXEL_SIZE, atol=1e-9)
+    # < 1 only by the template's overlap with the box (its DC), which CC does not project out
+    assert res.cross_correlation.min() > 0.99
+
+
+def test_noise_free_image_lies_in_the_likelihood_model_span_at_the_true_pose(structure, fine_views):
+    """Without noise (and without CTF, whose periodic wrap-around in a 32-px box the polar
+    model does not reproduce), the image is exactly α·x + β·box at the planted pose: the
+    least-squares residual D / (I_ss I_yy) of the likelihood vanishes. Removing the box mean
+    from templates before rotating them (a former convention) left ~1e-3 here."""
+    v, tpl = fine_views
+    si, wi, sh, _euler, ims = _planted(structure, v, 12, seed=41, noise_sigma=1e-12,
+                                       apply_ctf=False, offset=0.3)  # fmt: skip
+    ip = pose_inner_products(ims, tpl, torch.from_numpy(si), sh * PIXEL_SIZE, torch.from_numpy(wi))
+    iss = ip["iss"]
+    a = ip["ixx"] * iss - ip["isx"] ** 2
+    b = ip["ixy"] * iss - ip["isx"] * ip["isy"]
+    resid = (ip["iyy"] * iss - ip["isy"] ** 2 - b * b / a) / (iss * ip["iyy"])
+    assert resid.abs().max() < 1e-5
+
+
+def test_planted_on_grid_poses_with_moderate_noise_are_within_one_grid_step(structure, fine_views):
+    v, tpl = fine_views
+    g = structure["grid"]
+    m = 40
+    si, wi, sh, euler, ims = _planted(structure, v, m, seed=51, snr=1.0)
+    disp = displacement_grid(1.0, 3, 3, pixel_size=PIXEL_SIZE)
+    res = search(ims, tpl, disp, level="pose", device="cpu")
+    ft, psi = res.template.numpy(), res.inplane_rotation.numpy().astype(np.float64)
+    found = np.stack([v.euler[ft, 0], v.euler[ft, 1], psi], 1)
+    rot_err = angular_distance(
+        euler_to_matrix(torch.from_numpy(found)), euler_to_matrix(torch.from_numpy(euler))
+    ).numpy()
+    view_step = np.rad2deg(np.sqrt(4 * np.pi / len(v)))  # ~11.7° for 300 views
+    psi_step = 360.0 / g.n_inplanes
+    dpsi = (psi - np.rad2deg(g.angles[wi]) + 180) % 360 - 180
+    dshift = np.hypot(
+        res.displacement_x.numpy() - sh[:, 0] * PIXEL_SIZE,
+        res.displacement_y.numpy() - sh[:, 1] * PIXEL_SIZE,
+    )
+    assert (rot_err <= view_step).mean() >= 0.95
+    assert (np.abs(dpsi) <= psi_step + 1e-6).mean() >= 0.95
+    assert (dshift <= PIXEL_SIZE + 1e-6).mean() >= 0.95
+    assert (ft == si).mean() >= 0.9

@@ -137,6 +137,56 @@ def test_subvoxel_refinement_recovers_offsets():
     assert np.all(heights >= m[tuple(coords.T)])
 
 
+@pytest.mark.parametrize("method", ["maximum_filter", "local_max", "fast"])
+def test_candidate_rules_match_scipy_definitions(rng, method):
+    """Local-maximum rules (core max filter) equal their SciPy definitions, then greedy
+    Euclidean suppression, on a rough map with many maxima, edges and a NaN."""
+    from scipy import ndimage
+    from scipy.spatial.distance import cdist
+
+    m = ndimage.gaussian_filter(rng.normal(size=(20, 21, 19)), 0.8)
+    m[2, 3, 4] = np.nan
+    md = 2
+    f = np.where(np.isfinite(m), m, -np.inf)
+    if method == "maximum_filter":
+        ok = f == ndimage.maximum_filter(f, size=md, mode="constant", cval=-np.inf)
+    elif method == "local_max":  # skimage-like: edge-replicating filter, border excluded
+        ok = f == ndimage.maximum_filter(f, size=2 * md + 1, mode="nearest")
+        ok[:md], ok[-md:], ok[:, :md], ok[:, -md:], ok[..., :md], ok[..., -md:] = (False,) * 6
+    else:  # fast: best voxel of each md-wide grid cell that is a +-md maximum
+        ok = np.zeros_like(f, dtype=bool)
+        for cell in np.ndindex(*(-(-n // md) for n in f.shape)):
+            sl = tuple(slice(c * md, (c + 1) * md) for c in cell)
+            loc = np.unravel_index(np.argmax(f[sl]), f[sl].shape)
+            ok[tuple(s.start + i for s, i in zip(sl, loc, strict=True))] = True
+        ok &= f == ndimage.maximum_filter(f, size=2 * md + 1, mode="constant", cval=-np.inf)
+    cand = np.argwhere(ok & np.isfinite(f))
+    cand = cand[np.argsort(-f[tuple(cand.T)], kind="stable")]
+    kept: list[np.ndarray] = []
+    for c in cand:  # greedy: at least md (Euclidean) from every higher kept peak
+        if not kept or cdist(c[None], np.array(kept)).min() >= md - 1e-9:
+            kept.append(c)
+    coords, scores = call_peaks(m, method=method, num_peaks=10_000, min_distance=md)
+    assert len(kept) > 10
+    np.testing.assert_array_equal(coords, np.array(kept))
+    np.testing.assert_array_equal(scores, f[tuple(np.array(kept).T)])
+
+
+def test_subvoxel_heights_of_an_exact_parabola():
+    """A separable parabola's vertex and height are exact; offsets clamp at 0.5 voxel."""
+    grid = np.stack(np.meshgrid(*(np.arange(9.0),) * 3, indexing="ij"), -1)
+    vertex = np.array([4.3, 3.8, 4.1])
+    m = 10.0 - np.sum((grid - vertex) ** 2, -1)
+    sub, heights = subvoxel_refine(m, np.array([[4, 4, 4]]))
+    np.testing.assert_allclose(sub[0], vertex, atol=1e-12)
+    # per-axis heights: the largest is the axis with the largest offset (z: 0.3 voxel)
+    np.testing.assert_allclose(heights, [10.0 - 0.2**2 - 0.1**2], atol=1e-12)
+    far = 10.0 - np.sum((grid - np.array([4.0, 4.0, 4.9])) ** 2, -1)
+    sub, heights = subvoxel_refine(far, np.array([[4, 4, 4]]))  # vertex 0.9 away: clamp
+    np.testing.assert_allclose(sub[0], [4.0, 4.0, 4.5], atol=1e-12)
+    np.testing.assert_allclose(heights, [10.0 - 0.4**2], atol=1e-12)  # parabola at 0.5
+
+
 def test_false_positive_cutoff_matches_gaussian_tail():
     n = 1e7
     cut = false_positive_cutoff(n, 1.0)

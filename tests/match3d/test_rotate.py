@@ -35,3 +35,19 @@ def test_rotation_direction():
         assert out[4, 6, 4] == pytest.approx(1.0, abs=1e-5)  # x -> y
     with pytest.raises(InputError):
         TemplateRotator(torch.from_numpy(v), order=2)
+
+
+def test_cpu_cubic_rotation_is_core_rotate_volume(rng):
+    """CPU order 3 = ``core.projection.rotate_volume(g, M^T, order=3)`` (core's convention
+    ``V(R r)`` with ``R = M^T``), edges included."""
+    from corrscan.core.projection import rotate_volume
+
+    v = rng.normal(size=(9, 10, 11))  # not 0 at the box edge
+    mats = super_fibonacci_rotations(4)
+    out = TemplateRotator(torch.from_numpy(v).float(), order=3)(torch.from_numpy(mats).float())
+    core = rotate_volume(v, np.swapaxes(mats, 1, 2), order=3)
+    np.testing.assert_allclose(out.numpy(), core, atol=2e-5 * np.abs(v).max())
+    # and the same rotation direction as the trilinear path
+    lin = TemplateRotator(torch.from_numpy(v).float(), order=1)(torch.from_numpy(mats).float())
+    inner = (slice(None), slice(3, 6), slice(3, 7), slice(3, 8))
+    assert np.corrcoef(out.numpy()[inner].ravel(), lin.numpy()[inner].ravel())[0, 1] > 0.9

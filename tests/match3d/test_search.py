@@ -11,6 +11,13 @@ from corrscan.errors import InputError
 from corrscan.match3d import SCORES, match_template, rotation_set
 from corrscan.match3d.rotations import rotation_angle_deg
 from corrscan.match3d.scores import BoxScorer
+from corrscan.match3d.search import (
+    finish,
+    merge_states,
+    prepare_search,
+    search_task,
+    search_tasks,
+)
 from corrscan.synthetic.tomogram import simulate_tomogram
 
 STEP = 30.0
@@ -121,6 +128,40 @@ def test_split_and_chunks_merge_exactly(planted):
         assert split.rotation_index[tuple(p)] == one.rotation_index[tuple(p)]
     assert split.score_count == one.score_count == tomo.size * 24
     assert split.score_std == pytest.approx(one.score_std, rel=1e-4)
+
+
+def test_match_template_is_prepare_tasks_finish(planted):
+    """The public steps reproduce match_template bit for bit (any task order, worker threads)."""
+    tomo, truth, grid, _ = planted
+    kw = dict(rotations=grid[:12], interpolation_order=1, target_splits={1: 2}, batch_size=2)
+    ref = match_template(tomo, truth["template"], progress=False, **kw)
+    # 2 threads, 6 sub-ranges per box: scorers are handed from task to task
+    threads = match_template(
+        tomo, truth["template"], progress=False, workers=2, rotation_chunks=3, **kw
+    )
+    prep = prepare_search(tomo, truth["template"], **kw)
+    assert prep.n_rotations == 12 and len(prep.boxes) == 2 and prep.n_workers >= 1
+    tasks = search_tasks(prep, chunk_size=3)  # rounded up to whole batches of 2
+    assert [t[2] - t[1] for t in tasks[:3]] == [4, 4, 4] and len(tasks) == 6
+    states = [search_task(prep, *t) for t in tasks[::-1]]
+    state = states[0]
+    for st in states[1:]:
+        state = merge_states(state, st)
+    for res in (threads, finish(prep, state)):
+        np.testing.assert_array_equal(res.scores, ref.scores)
+        np.testing.assert_array_equal(res.rotation_index, ref.rotation_index)
+        np.testing.assert_array_equal(res.rotations, ref.rotations)
+        assert (res.score_mean, res.score_std, res.score_count) == (
+            ref.score_mean,
+            ref.score_std,
+            ref.score_count,
+        )
+    with pytest.raises(InputError, match="multiple of the batch size"):
+        search_task(prep, 0, 1, 3)
+    with pytest.raises(InputError, match="outside"):
+        search_task(prep, 2, 0, 2)
+    with pytest.raises(InputError, match="format"):
+        finish(prep, {"boxes": {}})
 
 
 def _brute_corr(f, g, p):

@@ -54,17 +54,21 @@ __all__ = [
     "angular_distance_sym",
     "axis_angle_to_matrix",
     "cone_grid",
+    "covering_rotations",
     "euler_to_matrix",
+    "euler_window_mask",
     "healpix_directions",
     "local_grid",
     "matrix_to_euler",
     "matrix_to_quaternion",
+    "n_covering_rotations",
     "n_rotations_for_step",
     "parse_symmetry",
     "quaternion_to_matrix",
     "rotation_grid",
     "rotation_grid_info",
     "so3_grid",
+    "super_fibonacci_rotations",
     "symmetry_matrices",
     "symmetry_order",
 ]
@@ -648,6 +652,7 @@ def rotation_grid(
     angular_step: float,
     *,
     symmetry: str = "C1",
+    method: str = "hopf",
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
@@ -666,12 +671,18 @@ def rotation_grid(
     tests) at the cost of extra rotations near the cell's faces (about 1.1x-2x the ideal
     ``n_C1 / |G|``, the most for the smallest sets).
 
+    ``method="fibonacci"`` gives :func:`covering_rotations` instead: a super-Fibonacci set
+    sized by its measured covering radius (30 deg -> 360 rotations, pyTME's count for that
+    step; covering radius about ``angular_step``, not a strict bound).
+
     Parameters
     ----------
     angular_step
         Largest allowed distance (degrees) of any rotation to the set; >= 0.5.
     symmetry
         Point group of the template (:func:`symmetry_matrices`; acts on the left of ``R``).
+    method
+        ``"hopf"`` (default, strict covering bound) or ``"fibonacci"``.
     dtype, device
         Of the result.
 
@@ -681,12 +692,18 @@ def rotation_grid(
         `(n, 3, 3)` rotation matrices in corrscan's convention (module docstring); ``n`` is
         :func:`n_rotations_for_step`. Euler angles: :func:`matrix_to_euler`.
     """
+    if method not in ("hopf", "fibonacci"):
+        raise InputError(f"method must be 'hopf' or 'fibonacci', got {method!r}")
     if not (angular_step > 0):
         raise InputError(f"angular_step must be > 0 degrees, got {angular_step}")
     if angular_step < 0.5:
         raise InputError(
             f"angular_step {angular_step} deg would give > {60 * 114**3:,} rotations: "
             "use local_grid for fine searches around known poses"
+        )
+    if method == "fibonacci":
+        return covering_rotations(
+            angular_step=angular_step, symmetry=symmetry, dtype=dtype, device=device
         )
     letter, n = parse_symmetry(symmetry)
     if letter in ("C", "D"):
@@ -706,9 +723,138 @@ def rotation_grid(
     return r.to(dtype=dtype, device=device)
 
 
-def n_rotations_for_step(angular_step: float, symmetry: str = "C1") -> int:
-    """Number of rotations :func:`rotation_grid` gives for ``angular_step`` and ``symmetry``."""
-    return int(rotation_grid(angular_step, symmetry=symmetry, dtype=torch.float64).shape[0])
+def n_rotations_for_step(angular_step: float, symmetry: str = "C1", method: str = "hopf") -> int:
+    """Number of rotations :func:`rotation_grid` gives for ``angular_step``, ``symmetry`` and
+    ``method``."""
+    r = rotation_grid(angular_step, symmetry=symmetry, method=method, dtype=torch.float64)
+    return int(r.shape[0])
+
+
+# --------------------------------------------------------------------------------------------
+# Super-Fibonacci covering sets (any size)
+# --------------------------------------------------------------------------------------------
+
+# Covering-radius calibration of super-Fibonacci sets: n * step_rad**3 ~ _FIB_K (measured by
+# dense random sampling for n = 60..2000: covering radius 60.5 deg at 60, 31.3 at 360, 16.6 at
+# 2000). 30 degrees -> 360 rotations, the size pyTME uses for 30 degrees.
+_FIB_K = 51.6
+_FIB_PSI = 1.533751168755204288118041
+
+
+def n_covering_rotations(angular_step: float) -> int:
+    """Size of the full (C1) super-Fibonacci set with covering radius about ``angular_step``.
+
+    ``ceil(51.6 / step_rad^3)``: 60 deg -> 45, 30 deg -> 360, 15 deg -> 2,876.
+    """
+    if not 0.0 < angular_step <= 180.0:
+        raise InputError(f"angular_step must be in (0, 180] degrees, got {angular_step}")
+    return max(1, math.ceil(_FIB_K / math.radians(angular_step) ** 3))
+
+
+def super_fibonacci_rotations(
+    n: int, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """``(n, 3, 3)`` near-uniform rotations of any size: a super-Fibonacci spiral.
+
+    Alexa (2022), "Super-Fibonacci spirals: fast, low-discrepancy sampling of SO(3)": unit
+    quaternions ``q_s = (r sin a, r cos a, r' sin b, r' cos b)`` with ``t = (s + 1/2) / n``,
+    ``r = sqrt(t)``, ``r' = sqrt(1 - t)``, ``a = 2 pi s / sqrt(2)``, ``b = 2 pi s / psi``
+    (``psi^4 = psi + 4``), ``s = 0..n-1``. Deterministic, no data files. The matrices
+    returned are the transposes (inverses) of the spiral's, so that ``R^T`` (the active
+    rotation that turns a template, the convention of :mod:`corrscan.match3d` and pyTME) runs
+    along the spiral; inverting does not change the covering radius.
+    """
+    n = int(n)
+    if n < 1:
+        raise InputError(f"number of rotations must be >= 1, got {n}")
+    s = np.arange(n, dtype=np.float64) + 0.5
+    t = s / n
+    r, rr = np.sqrt(t), np.sqrt(1.0 - t)
+    alpha = 2.0 * np.pi * s / math.sqrt(2.0)
+    beta = 2.0 * np.pi * s / _FIB_PSI
+    w, x, y, z = r * np.sin(alpha), r * np.cos(alpha), rr * np.sin(beta), rr * np.cos(beta)
+    m = np.empty((n, 3, 3))
+    # transpose of the quaternion's matrix (element [i, j] holds the spiral's [j, i])
+    m[:, 0, 0] = 1 - 2 * (y * y + z * z)
+    m[:, 1, 0] = 2 * (x * y - z * w)
+    m[:, 2, 0] = 2 * (x * z + y * w)
+    m[:, 0, 1] = 2 * (x * y + z * w)
+    m[:, 1, 1] = 1 - 2 * (x * x + z * z)
+    m[:, 2, 1] = 2 * (y * z - x * w)
+    m[:, 0, 2] = 2 * (x * z - y * w)
+    m[:, 1, 2] = 2 * (y * z + x * w)
+    m[:, 2, 2] = 1 - 2 * (x * x + y * y)
+    return torch.from_numpy(m).to(dtype=dtype, device=device)
+
+
+def euler_window_mask(matrices: Any, symmetry: str) -> Any:
+    """``(n,)`` bool: which rotations lie in one asymmetric unit of ``Cn`` / ``Dn`` (an Euler
+    window; symmetry acting on the left). Same array kind as ``matrices`` `(n, 3, 3)`.
+
+    ``S @ R`` with ``S = Rz(t)`` shifts ``phi`` by ``t``; with the 2-fold about x (Dn) it maps
+    ``theta`` to ``180 - theta``. Kept: ``(180 - phi) mod 360 < 360 / n`` (``phi`` in
+    ``(180 - 360/n, 180]``; the poles, where ``phi`` is undefined, are kept) and, for Dn,
+    ``theta <= 90``. An exact partition without a margin: near the window's edges the set
+    covers up to ~1.3x worse than the full set.
+    """
+    letter, n = parse_symmetry(symmetry)
+    if letter not in ("C", "D"):
+        raise InputError(
+            f"Euler-window asymmetric units exist for Cn and Dn only, got {symmetry!r}: use "
+            "rotation_grid(method='hopf') for T, O and I"
+        )
+    r, restore = unwrap(matrices, name="matrices")
+    if r.ndim != 3 or r.shape[1:] != (3, 3):
+        raise InputError(f"matrices must be (n, 3, 3), got {tuple(r.shape)}")
+    if letter == "C" and n == 1:
+        return restore(torch.ones(r.shape[0], dtype=torch.bool, device=r.device))
+    rd = r.to(torch.float64)
+    theta = torch.rad2deg(torch.acos(torch.clamp(rd[:, 2, 2], -1.0, 1.0)))
+    a = torch.rad2deg(torch.atan2(rd[:, 1, 2], -rd[:, 0, 2]))  # = 180 - phi
+    a = torch.where(torch.sin(torch.deg2rad(theta)) < 1e-6, torch.zeros_like(a), a)
+    keep = torch.remainder(a, 360.0) < 360.0 / n - 1e-9
+    if letter == "D":
+        keep &= theta <= 90.0
+    return restore(keep)
+
+
+def covering_rotations(
+    *,
+    angular_step: float | None = None,
+    n_rotations: int | None = None,
+    symmetry: str = "C1",
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Super-Fibonacci rotation set sized by a covering radius or a count (3D matching).
+
+    Parameters
+    ----------
+    angular_step
+        Wanted covering radius in degrees (about the largest distance of any rotation to its
+        nearest set member; calibrated, not a strict bound: use
+        ``rotation_grid(method="hopf")`` for one). 30 deg -> 360 rotations.
+    n_rotations
+        Or the size of the full C1 set (before the symmetry cut).
+    symmetry
+        ``"Cn"`` or ``"Dn"`` (acts on the left of ``R``; one asymmetric unit is kept by an
+        Euler-angle window, about ``1/|G|`` of the set).
+    dtype, device
+        Of the result.
+
+    Returns
+    -------
+    matrices
+        `(n, 3, 3)` in corrscan's convention (:func:`super_fibonacci_rotations`).
+    """
+    if (angular_step is None) == (n_rotations is None):
+        raise InputError("give exactly one of angular_step or n_rotations")
+    n = n_covering_rotations(angular_step) if angular_step is not None else int(n_rotations)
+    if n < 1:
+        raise InputError(f"n_rotations must be >= 1, got {n_rotations}")
+    r = super_fibonacci_rotations(n)
+    r = r[euler_window_mask(r, symmetry)]
+    return r.to(dtype=dtype, device=device)
 
 
 # --------------------------------------------------------------------------------------------

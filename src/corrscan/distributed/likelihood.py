@@ -343,7 +343,7 @@ def run_likelihood_optimal_pose(
     whose files all exist (a batch run restarted with the same command continues).
     """
     from corrscan.likelihood.stacks import atomic_save
-    from corrscan.likelihood.workflow import DisplacementConfig, _stack_index, _stack_name
+    from corrscan.likelihood.workflow import DisplacementConfig, stack_index, stack_name
 
     disp_cfg = displacement_config or DisplacementConfig()
     tpl = PolarTemplates.load(file_config.template_file)
@@ -361,25 +361,25 @@ def run_likelihood_optimal_pose(
 
     with client_for(client, workers, scheduler) as cl:
         for path in file_config.particle_files:
-            k = _stack_index(path)
+            k = stack_index(path)
             op = root / "optimal_pose"
             files = {
-                "cc": op / _stack_name("cross_correlation", k),
-                "tpl": op / _stack_name("optimal_template", k),
-                "x": op / _stack_name("optimal_displacement_x", k),
-                "y": op / _stack_name("optimal_displacement_y", k),
-                "xt": op / _stack_name("optimal_displacement_template_x", k),
-                "yt": op / _stack_name("optimal_displacement_template_y", k),
-                "rot": op / _stack_name("optimal_inplane_rotation", k),
-                "csv": op / _stack_name("optimal_pose", k, "csv"),
-                "cc2": root / "cross_correlation" / _stack_name("cross_correlation", k),
+                "cc": op / stack_name("cross_correlation", k),
+                "tpl": op / stack_name("optimal_template", k),
+                "x": op / stack_name("optimal_displacement_x", k),
+                "y": op / stack_name("optimal_displacement_y", k),
+                "xt": op / stack_name("optimal_displacement_template_x", k),
+                "yt": op / stack_name("optimal_displacement_template_y", k),
+                "rot": op / stack_name("optimal_inplane_rotation", k),
+                "csv": op / stack_name("optimal_pose", k, "csv"),
+                "cc2": root / "cross_correlation" / stack_name("cross_correlation", k),
             }
             ll_dir = root / "log_likelihood"
             if want_ll:
-                files["ill"] = ll_dir / _stack_name("log_likelihood_integrated_fourier", k)
-                files["llms"] = ll_dir / _stack_name("log_likelihood_ms", k)
+                files["ill"] = ll_dir / stack_name("log_likelihood_integrated_fourier", k)
+                files["llms"] = ll_dir / stack_name("log_likelihood_ms", k)
             if return_likelihood_optimal_pose_fourier:
-                files["llo"] = ll_dir / _stack_name("log_likelihood_optimal_fourier", k)
+                files["llo"] = ll_dir / stack_name("log_likelihood_optimal_fourier", k)
             if skip_exist and all(f.is_file() for f in files.values()):
                 continue
             imgs = PolarImages.load(path)
@@ -455,7 +455,7 @@ def run_likelihood_full_cross_correlation(
     checkpoints as in :func:`run_likelihood_optimal_pose`.
     """
     from corrscan.likelihood.stacks import atomic_save
-    from corrscan.likelihood.workflow import DisplacementConfig, _stack_index, _stack_name
+    from corrscan.likelihood.workflow import DisplacementConfig, stack_index, stack_name
 
     disp_cfg = displacement_config or DisplacementConfig()
     tpl = PolarTemplates.load(file_config.template_file)
@@ -467,8 +467,8 @@ def run_likelihood_full_cross_correlation(
     written: list[Path] = []
     with client_for(client, workers, scheduler) as cl:
         for path in file_config.particle_files:
-            k = _stack_index(path)
-            target = root / _stack_name("cross_correlation_pose_msdw", k)
+            k = stack_index(path)
+            target = root / stack_name("cross_correlation_pose_msdw", k)
             if skip_exist and target.is_file():
                 continue
             imgs = PolarImages.load(path)

@@ -1,10 +1,12 @@
 """3D template matching split into (target box, rotation chunk) tasks: Dask, checkpoints.
 
 :func:`search3d` takes exactly the arguments of :func:`corrscan.match3d.match_template` plus
-``workers`` / ``scheduler`` / ``client`` and ``checkpoint``. Each task returns the exact state
-of :mod:`corrscan.match3d.chunks` (score map and GLOBAL rotation indices of one box, and that
-box's per-rotation statistics); :func:`~corrscan.match3d.chunks.finish` merges the boxes in the
-one-shot order. The result equals ``match_template`` with the same ``target_splits``,
+``workers`` / ``scheduler`` / ``client`` and ``checkpoint``. It drives the public steps of
+:mod:`corrscan.match3d.search` (``prepare_search``, ``search_tasks``, ``search_task``,
+``merge_states``, ``finish``), which ``match_template`` itself is built from: each task
+returns the exact state of one (box, rotation range) (score map and GLOBAL rotation indices of
+the box, and its per-rotation statistics); ``finish`` merges the boxes in the one-shot order.
+The result equals ``match_template`` with the same ``target_splits``,
 ``batch_size`` and device bit for bit, for any ``rotation_chunks``, worker count, completion
 order or interruption.
 
@@ -33,13 +35,13 @@ from corrscan.distributed.resume import (
     run_tasks,
 )
 from corrscan.errors import InputError, ResultExistsError
-from corrscan.match3d import chunks as _chunks
+from corrscan.match3d import search as _search
 from corrscan.match3d.filters import FilterConfig
 from corrscan.match3d.results import MatchResult
 
 __all__ = ["batch_search3d", "read_pair", "run_search3d", "search3d", "search_fingerprint3d"]
 
-_PREP_CACHE: dict[str, _chunks.Prepared3D] = {}
+_PREP_CACHE: dict[str, _search.Prepared3D] = {}
 
 _ARRAYS = ("tomogram", "template", "template_mask", "target_mask", "rotations")
 
@@ -73,18 +75,23 @@ def search_fingerprint3d(kwargs: dict[str, Any]) -> str:
     return fingerprint("match3d", plain, *arrays)
 
 
-def _prepared(search_key: str, kwargs: dict[str, Any]) -> _chunks.Prepared3D:
+def _prepare(kwargs: dict[str, Any]) -> _search.Prepared3D:
+    """``prepare_search`` for tasks: each runs on its caller's thread (``workers=1``)."""
+    return _search.prepare_search(**kwargs, workers=1)
+
+
+def _prepared(search_key: str, kwargs: dict[str, Any]) -> _search.Prepared3D:
     prep = _PREP_CACHE.get(search_key)
     if prep is None:
         _PREP_CACHE.clear()
-        prep = _chunks.prepare_search(**kwargs)
+        prep = _prepare(kwargs)
         _PREP_CACHE[search_key] = prep
     return prep
 
 
 def _task(task: tuple[int, int, int], *, kwargs: dict[str, Any], search_key: str) -> dict:
     prep = _prepared(search_key, kwargs)
-    return _chunks.search_task(prep, int(task[0]), int(task[1]), int(task[2]))
+    return _search.search_task(prep, int(task[0]), int(task[1]), int(task[2]))
 
 
 def search3d(
@@ -181,7 +188,7 @@ def search3d(
         else Checkpoint(checkpoint, key, interval_s=checkpoint_interval_s)
     )
     saved = load_progress(ckpt, required=("chunks",))
-    prep = _chunks.prepare_search(**kwargs)
+    prep = _prepare(kwargs)
     with client_for(client, workers, scheduler) as cl:
         if saved is not None:
             tasks = list(saved["chunks"])
@@ -191,7 +198,7 @@ def search3d(
                 n_workers = len(cl.scheduler_info().get("workers", {})) or (workers or 1)
                 nc = math.ceil(4 * n_workers / len(prep.boxes))
             nc = min(nc or 1, prep.n_rotations)
-            tasks = _chunks.search_tasks(prep, rotation_chunks=nc)
+            tasks = _search.search_tasks(prep, rotation_chunks=nc)
         if not tasks:
             raise InputError("the search space is empty (no rotations or no target boxes)")
         if cl is None:
@@ -200,7 +207,7 @@ def search3d(
         state = run_tasks(
             tasks,
             _task,
-            _chunks.merge_states,
+            _search.merge_states,
             shared={"kwargs": kwargs, "search_key": key},
             client=cl,
             checkpoint=ckpt,
@@ -209,7 +216,7 @@ def search3d(
             description="match3d tasks",
             progress=progress,
         )
-    res = _chunks.finish(prep, state, seconds=time.perf_counter() - t0)
+    res = _search.finish(prep, state, seconds=time.perf_counter() - t0)
     n_chunks = len({(a, b) for _, a, b in tasks})
     res.metadata["rotation_chunks"] = n_chunks
     res.metadata["distributed"] = {

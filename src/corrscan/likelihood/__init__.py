@@ -43,6 +43,8 @@ from corrscan.likelihood.workflow import (
     make_templates_from_inputs,
     run_likelihood_full_cross_correlation,
     run_likelihood_optimal_pose,
+    stack_index,
+    stack_name,
 )
 
 __all__ = [
@@ -75,6 +77,8 @@ __all__ = [
     "run_likelihood_full_cross_correlation",
     "run_likelihood_optimal_pose",
     "search",
+    "stack_index",
+    "stack_name",
     "templates_from_file",
     "viewing_grid_fibonacci",
     "viewing_grid_from_angles",

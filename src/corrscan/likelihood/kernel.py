@@ -17,7 +17,9 @@ Hermitian data of real images). With ``x = CTF · shift_d · rot_ψ T`` and ``s 
 
 * ``I_xy = ⟨I, x⟩``, ``I_xx = ⟨x, x⟩``, ``I_yy = ⟨I, I⟩``, ``I_sx = ⟨s, x⟩``, ``I_sy = ⟨s, I⟩``,
   ``I_ss = ⟨s, s⟩``.
-* ``CC = I_xy / sqrt(I_xx · I_yy)`` (normalised cross-correlation with the CTF-filtered template).
+* ``CC = I_xy / sqrt(I_xx · I_yy)`` (normalised cross-correlation with the CTF-filtered template;
+  templates keep their DC, so a noise-free image scores ``sqrt(1 − I_sx²/(I_ss I_xx))`` at its
+  true pose, just below 1; the offset is projected out exactly only in the likelihood).
 * log-likelihood with ``α, β`` flat on ℝ and ``λ²`` (noise variance) flat on ℝ⁺::
 
       A = I_xx I_ss − I_sx²,   B = I_xy I_ss − I_sx I_sy,   D = I_yy I_ss − I_sy² − B²/A
@@ -65,6 +67,9 @@ __all__ = [
 
 Level = Literal["full", "displacement", "rotation", "displacement_rotation", "pose"]
 _LEVELS = ("full", "displacement", "rotation", "displacement_rotation", "pose")
+
+# log-sum-exp floor: exp(-87) ~ 1.6e-38 is the smallest normal float32 (exp(-700) for float64)
+_EXP_FLOOR = {torch.float32: -87.0, torch.float64: -700.0}
 
 _OOM = getattr(torch, "OutOfMemoryError", None) or getattr(
     torch.cuda, "OutOfMemoryError", MemoryError
@@ -267,18 +272,17 @@ def _to_mode_major(x: torch.Tensor) -> torch.Tensor:
     return x.permute(2, 0, 1).contiguous()
 
 
-def _loglik_inplace(
+def _loglik(
     xy: torch.Tensor, xx: torch.Tensor, t: torch.Tensor, u: torch.Tensor, c: torch.Tensor, p: float
 ) -> torch.Tensor:
     """``−p ln D' − ½ ln A'`` with ``A' = xx − t²``, ``B' = xy − t u``, ``D' = c − B'²/A'``
-    (``t = I_sx/√I_ss``, ``u = I_sy/√I_ss``, ``c = I_yy − u²``), few passes, few temporaries.
-    Overwrites ``t``."""
+    (``t = I_sx/√I_ss``, ``u = I_sy/√I_ss``, ``c = I_yy − u²``; broadcastable), written as
+    ``−p ln(c A' − B'²) + (p − ½) ln A'``: two new tensors, few elementwise passes."""
     tiny = torch.finfo(xy.dtype).tiny
     b = torch.addcmul(xy, t, u, value=-1.0)
     a = torch.addcmul(xx, t, t, value=-1.0).clamp_min_(tiny)
-    b.square_().div_(a)
-    d = torch.sub(c, b, out=b).clamp_min_(tiny)
-    return d.log_().mul_(-p).add_(a.log_(), alpha=-0.5)
+    ad = b.mul_(b).neg_().addcmul_(a, c).clamp_min_(tiny)  # A' D' = c A' - B'^2
+    return ad.log_().mul_(-p).add_(a.log_(), alpha=p - 0.5)
 
 
 # ----------------------------------------------------------------------------- the search
@@ -356,9 +360,8 @@ def search(
     m_tot, s_tot, d_n, w = len(images), len(templates), disp.shape[0], grid.n_inplanes
     h = w // 2
     pr = _prepare(grid, disp_px, dev, cdt)
-    with_mask = likelihood
     full = level == "full"
-    bi, bt = _default_batches(dev, m_tot, s_tot, d_n, w, with_mask, full)
+    bi, bt = _default_batches(dev, m_tot, s_tot, d_n, w, likelihood, full)
     bi = n_images_per_batch or bi
     bt = n_templates_per_batch or bt
     rotations = np.rad2deg(grid.angles)
@@ -402,7 +405,7 @@ def search(
         mb = min(bi, m_tot - m0)
         try:
             _image_batch(
-                images, m0, mb, tsides, pr, dev, cdt, with_mask, level, out, d_n, w, h, n_real
+                images, m0, mb, tsides, pr, dev, cdt, likelihood, level, out, d_n, w, h, n_real
             )
         except _OOM:
             if dev.type != "cuda" or bi == 1:
@@ -459,7 +462,7 @@ def _image_batch(
     pr: _Prepared,
     dev: torch.device,
     cdt: torch.dtype,
-    with_mask: bool,
+    likelihood: bool,
     level: str,
     out: dict,
     d_n: int,
@@ -468,11 +471,12 @@ def _image_batch(
     n_real: int,
 ) -> None:
     rdt = torch.float64 if cdt == torch.complex128 else torch.float32
+    tiny = torch.finfo(rdt).tiny
     sl = slice(m0, m0 + mb)
     img = images.data[sl].to(device=dev, dtype=cdt)
     ctf = ctf_polar(images.ctf, images.grid, index=np.arange(m0, m0 + mb), device=dev, dtype=rdt)
-    rows, ac, iyy, u = _image_side(img, ctf, pr, with_mask)
-    k = 2 if with_mask else 1
+    rows, ac, iyy, u = _image_side(img, ctf, pr, likelihood)
+    k = 2 if likelihood else 1
     p_exp = n_real / 2.0 - 2.0
     best = None
     c_img = (iyy - u * u)[None, None, :, None, None]
@@ -482,20 +486,24 @@ def _image_batch(
         x = torch.fft.irfft(c, n=w, dim=0).view(w, k, mb, d_n, sb)
         del c
         xx = torch.fft.irfft(torch.bmm(ac, bcm), n=h, dim=0)  # (H, Mb, Sb)
-        xx = xx.clamp_min(torch.finfo(rdt).tiny)
+        xx = xx.clamp_min(tiny)
         norm = torch.rsqrt(xx * iyy[None, :, None])  # (H, Mb, Sb)
         xy = x[:, 0].unflatten(0, (2, h))  # (2, H, Mb, D, Sb)
         cc = (xy * norm[None, :, :, None, :]).reshape(w, mb, d_n, sb)
         ssl = slice(s0, s0 + sb)
-        if with_mask:
-            t = x[:, 1].unflatten(0, (2, h))
-            ll = _loglik_inplace(xy, xx[None, :, :, None, :], t, u_b, c_img, p_exp)
+        if likelihood:
+            ll = _loglik(
+                xy, xx[None, :, :, None, :], x[:, 1].unflatten(0, (2, h)), u_b, c_img, p_exp
+            )
             if level == "full":
                 out["llf"][sl, ssl] = ll.reshape(w, mb, d_n, sb).permute(1, 3, 2, 0).cpu()
             mx = ll.amax(dim=(0, 1, 3), keepdim=True)
-            lse = ll.sub_(mx).exp_().sum(dim=(0, 1, 3)).log_() + mx[0, 0, :, 0, :]
+            # Terms below exp(lo) are < 1e-37 of the largest: clamping them changes nothing
+            # representable but keeps exp out of subnormals (25x slower on x86).
+            lo = _EXP_FLOOR[rdt]
+            lse = ll.sub_(mx).clamp_min_(lo).exp_().sum(dim=(0, 1, 3)).log_() + mx[0, 0, :, 0, :]
             out["llms"][sl, ssl] = lse.to(torch.float64).cpu()
-            del ll, t
+            del ll
         del x, xy
         if level == "full":
             out["cc"][sl, ssl] = cc.permute(1, 3, 2, 0).cpu()

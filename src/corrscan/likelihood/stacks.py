@@ -7,6 +7,7 @@ with ``torch.load(weights_only=True)``; no pickled classes).
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,13 +42,78 @@ def _load(path: str | Path, kind: str) -> dict:
     except Exception as exc:  # torch raises several unrelated types for corrupt files
         raise FileFormatError(f"{path} is not a corrscan {kind} file: {exc}") from exc
     if not isinstance(d, dict) or d.get("kind") != kind:
-        raise FileFormatError(f"{path} is not a corrscan {kind} file (kind={d.get('kind')!r})")
+        found = d.get("kind") if isinstance(d, dict) else type(d).__name__
+        raise FileFormatError(
+            f"{path} is not a corrscan {kind} file (kind={found!r}); rewrite it with .save()"
+        )
     return d
+
+
+def _bad(path: str | Path, kind: str, problem: str) -> FileFormatError:
+    return FileFormatError(
+        f"{path}: corrupt or incompatible corrscan {kind} file: {problem} (rewrite it with .save())"
+    )
+
+
+def _field(d: dict, key: str, path: str | Path, kind: str, types: type | tuple):
+    if key not in d:
+        raise _bad(path, kind, f"missing field {key!r}")
+    v = d[key]
+    if not isinstance(v, types):
+        raise _bad(path, kind, f"field {key!r} is a {type(v).__name__}")
+    return v
+
+
+def _tensor(
+    d: dict, key: str, path: str | Path, kind: str, ndim: int, *, complex_: bool = False
+) -> torch.Tensor:
+    t = _field(d, key, path, kind, torch.Tensor)
+    if t.ndim != ndim:
+        raise _bad(path, kind, f"field {key!r} has shape {tuple(t.shape)}, expected {ndim} axes")
+    ok = t.is_complex() if complex_ else t.is_floating_point()
+    if not ok:
+        want = "complex" if complex_ else "real floating-point"
+        raise _bad(path, kind, f"field {key!r} has dtype {t.dtype}, expected {want}")
+    if not bool(torch.isfinite(t).all()):
+        raise _bad(path, kind, f"field {key!r} contains NaN/Inf")
+    return t
+
+
+def _grid(d: dict, data: torch.Tensor, path: str | Path, kind: str) -> PolarGrid:
+    """The stored grid, checked against the data's `(n_shells, W)` before it is built."""
+    raw = _field(d, "grid", path, kind, str)
+    try:
+        g = json.loads(raw)
+    except ValueError as exc:
+        raise _bad(path, kind, f"grid is not valid JSON ({exc})") from exc
+    if not isinstance(g, dict):
+        raise _bad(path, kind, "grid is not a JSON object")
+    want = {"n_pixels": int, "pixel_size": (int, float), "resolution_factor": (int, float),
+            "n_shells": int, "n_inplanes": int, "quadrature": str}  # fmt: skip
+    for key, typ in want.items():
+        if key not in g:
+            raise _bad(path, kind, f"grid lacks {key!r}")
+        if isinstance(g[key], bool) or not isinstance(g[key], typ):
+            raise _bad(path, kind, f"grid field {key!r} = {g[key]!r} has the wrong type")
+        if isinstance(g[key], float) and not math.isfinite(g[key]):
+            raise _bad(path, kind, f"grid field {key!r} = {g[key]!r} is not finite")
+    if (g["n_shells"], g["n_inplanes"]) != tuple(data.shape[1:]):
+        raise _bad(
+            path,
+            kind,
+            f"grid says {g['n_shells']} shells x {g['n_inplanes']} angles but the data are "
+            f"{tuple(data.shape)}",
+        )
+    try:
+        return PolarGrid.from_dict(g)
+    except (InputError, ValueError, OverflowError) as exc:
+        raise _bad(path, kind, f"invalid grid {g} ({exc})") from exc
 
 
 @dataclass
 class PolarTemplates:
-    """Templates on a polar grid, L2-normalised (``Σ ω |T|² = 1``), box mean removed.
+    """Templates on a polar grid, L2-normalised (``Σ ω |T|² = 1``), box mean kept (see
+    :func:`corrscan.likelihood.templates.finish_templates`).
 
     Attributes
     ----------
@@ -87,14 +153,28 @@ class PolarTemplates:
 
     @classmethod
     def load(cls, path: str | Path) -> PolarTemplates:
-        d = _load(path, "corrscan-polar-templates")
-        return cls(
-            data=d["data"],
-            grid=PolarGrid.from_dict(json.loads(d["grid"])),
-            euler=d["euler"].numpy(),
-            weights=d["weights"].numpy(),
-            name=str(d["name"]),
-        )
+        """Read a file written by :meth:`save`.
+
+        Raises :class:`~corrscan.errors.FileFormatError` naming the file and the problem when it
+        is missing, not a template file, truncated or corrupt (never another exception).
+        """
+        kind = "corrscan-polar-templates"
+        d = _load(path, kind)
+        data = _tensor(d, "data", path, kind, 3, complex_=True)
+        grid = _grid(d, data, path, kind)
+        euler = _tensor(d, "euler", path, kind, 2)
+        weights = _tensor(d, "weights", path, kind, 1)
+        s = data.shape[0]
+        if tuple(euler.shape) != (s, 3) or tuple(weights.shape) != (s,):
+            raise _bad(
+                path,
+                kind,
+                f"{s} templates but euler {tuple(euler.shape)} and weights {tuple(weights.shape)}",
+            )
+        if bool((weights <= 0).any()):
+            raise _bad(path, kind, "viewing weights must be positive")
+        name = _field(d, "name", path, kind, str)
+        return cls(data=data, grid=grid, euler=euler.numpy(), weights=weights.numpy(), name=name)
 
 
 @dataclass
@@ -148,21 +228,48 @@ class PolarImages:
 
     @classmethod
     def load(cls, path: str | Path) -> PolarImages:
-        d = _load(path, "corrscan-polar-images")
+        """Read a file written by :meth:`save`.
+
+        Raises :class:`~corrscan.errors.FileFormatError` naming the file and the problem when it
+        is missing, not an image-stack file, truncated or corrupt (never another exception).
+        """
+        kind = "corrscan-polar-images"
+        d = _load(path, kind)
+        data = _tensor(d, "data", path, kind, 3, complex_=True)
+        grid = _grid(d, data, path, kind)
+        m = data.shape[0]
+        norms = _tensor(d, "norms", path, kind, 1)
+        if tuple(norms.shape) != (m,) or bool((norms <= 0).any()):
+            raise _bad(path, kind, f"norms must be {m} positive values, got {tuple(norms.shape)}")
+        ctf: CtfParams | torch.Tensor
+        if "ctf_tensor" in d:
+            ctf = _tensor(d, "ctf_tensor", path, kind, 3)
+            if tuple(ctf.shape) != tuple(data.shape):
+                raise _bad(path, kind, f"ctf_tensor {tuple(ctf.shape)} != data {tuple(data.shape)}")
+        else:
+            raw = _field(d, "ctf", path, kind, dict)
+            names = set(CtfParams(np.zeros(1)).to_dict())
+            if set(raw) != names:
+                raise _bad(path, kind, f"ctf fields {sorted(map(str, raw))} != {sorted(names)}")
+            cols = {k: _tensor(raw, k, path, kind, 1) for k in sorted(names)}
+            if any(v.shape[0] != m for v in cols.values()):
+                raise _bad(path, kind, f"ctf parameters are not {m} values each")
+            try:
+                ctf = CtfParams(**{k: v.numpy() for k, v in cols.items()})
+            except InputError as exc:
+                raise _bad(path, kind, f"invalid CTF parameters ({exc})") from exc
         table = None
         if "table" in d:
             from io import StringIO
 
-            table = pd.read_json(StringIO(d["table"]), orient="split")
-        return cls(
-            data=d["data"],
-            grid=PolarGrid.from_dict(json.loads(d["grid"])),
-            ctf=d["ctf_tensor"]
-            if "ctf_tensor" in d
-            else CtfParams(**{k: v.numpy() for k, v in d["ctf"].items()}),
-            norms=d["norms"],
-            table=table,
-        )
+            txt = _field(d, "table", path, kind, str)
+            try:
+                table = pd.read_json(StringIO(txt), orient="split")
+            except Exception as exc:  # pandas raises many unrelated types for bad JSON
+                raise _bad(path, kind, f"unreadable per-image table ({exc})") from exc
+            if len(table) != m:
+                raise _bad(path, kind, f"per-image table has {len(table)} rows for {m} images")
+        return cls(data=data, grid=grid, ctf=ctf, norms=norms, table=table)
 
     @classmethod
     def concat(cls, items: list[PolarImages]) -> PolarImages:

@@ -81,6 +81,8 @@ __all__ = [
     "make_templates_from_inputs",
     "run_likelihood_full_cross_correlation",
     "run_likelihood_optimal_pose",
+    "stack_index",
+    "stack_name",
 ]
 
 
@@ -142,7 +144,14 @@ class DisplacementConfig(Config):
         )
 
 
-def _stack_name(prefix: str, i: int, ext: str = "pt") -> str:
+def stack_name(prefix: str, i: int, ext: str = "pt") -> str:
+    """File name of stack ``i`` of an output kind: ``<prefix>_stack_NNNNNN.<ext>`` (6 digits).
+
+    >>> stack_name("optimal_template", 3)
+    'optimal_template_stack_000003.pt'
+    """
+    if i < 0:
+        raise InputError(f"stack index must be >= 0, got {i}")
     return f"{prefix}_stack_{i:06d}.{ext}"
 
 
@@ -228,7 +237,7 @@ def convert_particle_stacks(
             precision=params.precision,
             device=device,
         )
-        path = out / "fft" / _stack_name("particles_fourier", first_stack + k)
+        path = out / "fft" / stack_name("particles_fourier", first_stack + k)
         pol.save(path)
         paths.append(path)
     return paths
@@ -343,8 +352,23 @@ def configure_displacement(
     )
 
 
-def _stack_index(path: str) -> int:
-    return int(Path(path).stem.rsplit("_", 1)[-1])
+def stack_index(path: str | Path) -> int:
+    """Stack number ``N`` of a file ``<prefix>_stack_NNNNNN.<ext>`` (inverse of :func:`stack_name`).
+
+    >>> stack_index("particles/fft/particles_fourier_stack_000012.pt")
+    12
+
+    Raises :class:`~corrscan.errors.InputError` naming the file when the name has no stack
+    number (rename it to ``<prefix>_stack_NNNNNN.pt``).
+    """
+    stem = Path(path).stem
+    head, _, num = stem.rpartition("_")
+    if not head.endswith("_stack") or not num.isdigit():
+        raise InputError(
+            f"{path}: not a stack file name (expected <prefix>_stack_NNNNNN.<ext>, "
+            "e.g. particles_fourier_stack_000000.pt)"
+        )
+    return int(num)
 
 
 def _batches(estimate: bool, n_img: int | None, n_tpl: int | None) -> tuple[int | None, int | None]:
@@ -391,27 +415,25 @@ def run_likelihood_optimal_pose(
     written = []
     stacks = track(file_config.particle_files, description="likelihood", unit="stack")
     for path in stacks:
-        k = _stack_index(path)
+        k = stack_index(path)
         files = {
-            "cc": root / "optimal_pose" / _stack_name("cross_correlation", k),
-            "tpl": root / "optimal_pose" / _stack_name("optimal_template", k),
-            "x": root / "optimal_pose" / _stack_name("optimal_displacement_x", k),
-            "y": root / "optimal_pose" / _stack_name("optimal_displacement_y", k),
-            "xt": root / "optimal_pose" / _stack_name("optimal_displacement_template_x", k),
-            "yt": root / "optimal_pose" / _stack_name("optimal_displacement_template_y", k),
-            "rot": root / "optimal_pose" / _stack_name("optimal_inplane_rotation", k),
-            "csv": root / "optimal_pose" / _stack_name("optimal_pose", k, "csv"),
-            "cc2": root / "cross_correlation" / _stack_name("cross_correlation", k),
+            "cc": root / "optimal_pose" / stack_name("cross_correlation", k),
+            "tpl": root / "optimal_pose" / stack_name("optimal_template", k),
+            "x": root / "optimal_pose" / stack_name("optimal_displacement_x", k),
+            "y": root / "optimal_pose" / stack_name("optimal_displacement_y", k),
+            "xt": root / "optimal_pose" / stack_name("optimal_displacement_template_x", k),
+            "yt": root / "optimal_pose" / stack_name("optimal_displacement_template_y", k),
+            "rot": root / "optimal_pose" / stack_name("optimal_inplane_rotation", k),
+            "csv": root / "optimal_pose" / stack_name("optimal_pose", k, "csv"),
+            "cc2": root / "cross_correlation" / stack_name("cross_correlation", k),
         }
         if want_ll:
             files["ill"] = (
-                root / "log_likelihood" / _stack_name("log_likelihood_integrated_fourier", k)
+                root / "log_likelihood" / stack_name("log_likelihood_integrated_fourier", k)
             )
-            files["llms"] = root / "log_likelihood" / _stack_name("log_likelihood_ms", k)
+            files["llms"] = root / "log_likelihood" / stack_name("log_likelihood_ms", k)
         if return_likelihood_optimal_pose_fourier:
-            files["llo"] = (
-                root / "log_likelihood" / _stack_name("log_likelihood_optimal_fourier", k)
-            )
+            files["llo"] = root / "log_likelihood" / stack_name("log_likelihood_optimal_fourier", k)
         if skip_exist and all(f.is_file() for f in files.values()):
             log.info("stack %d: all outputs exist, skipped", k)
             continue
@@ -486,8 +508,8 @@ def run_likelihood_full_cross_correlation(
     atomic_save(torch.from_numpy(disp), out / "displacements_set.pt")
     written = []
     for path in file_config.particle_files:
-        k = _stack_index(path)
-        target = root / _stack_name("cross_correlation_pose_msdw", k)
+        k = stack_index(path)
+        target = root / stack_name("cross_correlation_pose_msdw", k)
         if skip_exist and target.is_file():
             continue
         imgs = PolarImages.load(path)

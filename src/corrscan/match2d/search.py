@@ -561,6 +561,7 @@ def match_template(
             big = _lag_indices((h_img, w_img), box, dev0)
             extras["noise_kernel"] = (kern[:, big] / (h_img * w_img)).to(torch.float32)
             extras["small_lags"] = _lag_indices((2 * box, 2 * box), box, dev0)
+            noise_weights = None  # the real-space kernel replaces the large-grid weights
         del g
     else:
         phi_box = combined_filter(img_d, (box, box), preprocessing, pixel_size=pixel_size)

@@ -32,12 +32,13 @@ import math
 import os
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from corrscan.core.arrays import as_numpy
 from corrscan.errors import InputError
 
 __all__ = [
@@ -369,6 +370,80 @@ class MaxScoreOverRotations:
     def rotation_statistics(self) -> dict[int, tuple[float, float, int]]:
         """``{index: (sum, sum of squares, count)}`` per rotation (exactly mergeable)."""
         return {k: tuple(v) for k, v in sorted(self._stats.items())}  # type: ignore[misc]
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Complete state as plain tensors (CPU copies), for :meth:`from_state_dict`.
+
+        Returns
+        -------
+        dict
+            ``shape``, ``offset``, ``score_threshold``; ``scores`` ``(*shape)`` float32,
+            ``rotations`` ``(*shape)`` int32; ``matrix_index`` ``(k,)`` int64 and
+            ``matrices`` ``(k, 3, 3)`` float32 (``rotation_mapping``); ``stats_index``
+            ``(m,)`` int64, ``stats`` ``(m, 2)`` float64 (sum, sum of squares) and ``counts``
+            ``(m,)`` int64 (``rotation_statistics``). Round trips bit for bit.
+        """
+        mapping = self.rotation_mapping
+        stats = self.rotation_statistics
+        return {
+            "shape": list(self.shape),
+            "offset": [int(v) for v in self.offset],
+            "score_threshold": self.score_threshold,
+            "scores": torch.from_numpy(self.scores.copy()),
+            "rotations": torch.from_numpy(self.rotations.copy()),
+            "matrix_index": torch.tensor(list(mapping), dtype=torch.int64),
+            "matrices": torch.from_numpy(
+                np.stack(list(mapping.values())).astype(np.float32)
+                if mapping
+                else np.zeros((0, 3, 3), dtype=np.float32)
+            ),
+            "stats_index": torch.tensor(list(stats), dtype=torch.int64),
+            "stats": torch.tensor(
+                [[v[0], v[1]] for v in stats.values()], dtype=torch.float64
+            ).reshape(-1, 2),
+            "counts": torch.tensor([int(v[2]) for v in stats.values()], dtype=torch.int64),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any], **kwargs: Any) -> MaxScoreOverRotations:
+        """Analyzer from a :meth:`state_dict` (maps, rotation table, per-rotation statistics).
+
+        ``state`` needs ``scores`` and ``rotations`` ``(*shape)``; ``offset``,
+        ``score_threshold``, ``matrix_index`` + ``matrices`` and ``stats_index`` + ``stats``
+        + ``counts`` are optional. ``kwargs`` go to the constructor (e.g. ``thread_safe``,
+        or a subclass's own arguments); ``offset`` / ``score_threshold`` there override the
+        state's.
+        """
+        scores = np.asarray(as_numpy(state["scores"]), dtype=np.float32)
+        rotations = np.asarray(as_numpy(state["rotations"]), dtype=np.int32)
+        if scores.shape != rotations.shape:
+            raise InputError(
+                f"state scores {scores.shape} and rotations {rotations.shape} differ in shape"
+            )
+        kwargs.setdefault("offset", state.get("offset"))
+        kwargs.setdefault("score_threshold", float(state.get("score_threshold", 0.0)))
+        out = cls(scores.shape, **kwargs)
+        out._scores.copy_(torch.from_numpy(scores))  # (shares memory with the storage maps)
+        out._rotations.copy_(torch.from_numpy(rotations))
+        idx = np.asarray(as_numpy(state.get("matrix_index", np.zeros(0))), dtype=np.int64)
+        mats = np.asarray(
+            as_numpy(state.get("matrices", np.zeros((0, 3, 3)))), dtype=np.float32
+        ).reshape(-1, 3, 3)
+        if idx.shape != (len(mats),):
+            raise InputError(f"state has {idx.size} matrix indices for {len(mats)} matrices")
+        for i, m in zip(idx.tolist(), mats, strict=True):
+            out._matrices[int(i)] = m.copy()
+            out._keys.setdefault(_key(m), int(i))
+        sidx = np.asarray(as_numpy(state.get("stats_index", np.zeros(0))), dtype=np.int64)
+        sums = np.asarray(as_numpy(state.get("stats", np.zeros((0, 2)))), dtype=np.float64)
+        counts = np.asarray(as_numpy(state.get("counts", np.zeros(0))), dtype=np.int64)
+        sums = sums.reshape(-1, 2)
+        if not sidx.shape == counts.shape == (len(sums),):
+            raise InputError("state statistics: stats_index, stats and counts differ in length")
+        for i, (s1, s2), n in zip(sidx.tolist(), sums.tolist(), counts.tolist(), strict=True):
+            out._stats[int(i)] = [s1, s2, int(n)]
+        return out
 
     def _unique(self) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         rot = self.rotations

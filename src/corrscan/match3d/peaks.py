@@ -31,16 +31,14 @@ max_score=None)`` constructor; unknown arguments raise ``TypeError``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from scipy import ndimage
 from scipy.spatial import cKDTree
-from scipy.special import erfcinv
 
+from corrscan.core.peaks import gaussian_noise_zscore_cutoff, maximum_filter, parabolic_vertex
 from corrscan.errors import InputError
 
 __all__ = [
@@ -75,7 +73,7 @@ def false_positive_cutoff(
         raise InputError(
             f"need 0 < n_false_positives ({n_false_positives}) < n_correlations ({n_correlations})"
         )
-    return float(mean + std * math.sqrt(2.0) * erfcinv(2.0 * n_false_positives / n_correlations))
+    return float(mean + std * gaussian_noise_zscore_cutoff(n_correlations, n_false_positives))
 
 
 def _suppress(coords: np.ndarray, scores: np.ndarray, min_distance: float, k: int) -> np.ndarray:
@@ -136,11 +134,11 @@ def _candidates(
         return flat
     if method == "maximum_filter":
         size = max(int(min_distance), 1)
-        mx = ndimage.maximum_filter(finite, size=size, mode="constant", cval=-np.inf)
+        mx = maximum_filter(finite, size=size)  # outside the map counts as -inf
         return np.flatnonzero((finite == mx) & np.isfinite(finite))
     if method == "local_max":
-        size = 2 * int(min_distance) + 1
-        mx = ndimage.maximum_filter(finite, size=size, mode="nearest")
+        # (skimage's edge-replicating filter: replicated edge voxels never change a maximum)
+        mx = maximum_filter(finite, size=2 * int(min_distance) + 1)
         ok = (finite == mx) & np.isfinite(finite)
         if min_distance > 0:
             b = int(min_distance)
@@ -164,7 +162,7 @@ def _candidates(
         pos = (grid + local).reshape(-1, nd)
         inside = np.all(pos < np.asarray(finite.shape), axis=1)
         pos = pos[inside]
-        mx = ndimage.maximum_filter(finite, size=2 * step + 1, mode="constant", cval=-np.inf)
+        mx = maximum_filter(finite, size=2 * step + 1)
         vals = finite[tuple(pos.T)]
         ok = (vals == mx[tuple(pos.T)]) & np.isfinite(vals)
         return np.ravel_multi_index(tuple(pos[ok].T), finite.shape)
@@ -311,7 +309,8 @@ def subvoxel_refine(score_map: Any, coords: np.ndarray) -> tuple[np.ndarray, np.
     """Per-axis parabolic vertex fit around integer peaks.
 
     Returns float ``(n, ndim)`` positions (offsets clamped to +-0.5; edges keep 0) and the
-    fitted heights (the maximum of the per-axis parabola heights).
+    fitted heights (the maximum of the per-axis parabola heights, each the parabola's value
+    at the clamped offset); per axis :func:`corrscan.core.peaks.parabolic_vertex`.
     """
     m = np.asarray(
         score_map.detach().cpu() if isinstance(score_map, torch.Tensor) else score_map,
@@ -327,12 +326,9 @@ def subvoxel_refine(score_map: Any, coords: np.ndarray) -> tuple[np.ndarray, np.
         cm[:, ax] = np.clip(c[:, ax] - 1, 0, m.shape[ax] - 1)
         cp[:, ax] = np.clip(c[:, ax] + 1, 0, m.shape[ax] - 1)
         ym, yp = m[tuple(cm.T)], m[tuple(cp.T)]
-        den = ym - 2.0 * y0 + yp
-        with np.errstate(divide="ignore", invalid="ignore"):
-            off = np.where(ok & (den < 0), 0.5 * (ym - yp) / den, 0.0)
-        off = np.clip(np.nan_to_num(off), -0.5, 0.5)
-        out[:, ax] += off
-        h = y0 - 0.25 * (ym - yp) * off
+        # offset clamped to +-0.5 (0 where the curvature is >= 0) and the parabola's height
+        off, h = parabolic_vertex(ym, y0, yp)
+        out[:, ax] += np.where(ok, np.nan_to_num(off), 0.0)
         heights = np.maximum(heights, np.where(ok, h, y0))
     return out, heights
 

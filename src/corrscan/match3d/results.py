@@ -1,13 +1,20 @@
 """Result of a 3D search: maps, rotation table, statistics; peaks, tables and bundles.
 
-Bundle layout (a folder, written to ``<path>.partial-<pid>`` and renamed when complete, so an
-interrupted run never leaves a finished-looking result; no pickle)::
+Bundle layout (a :mod:`corrscan.core.io.bundle` folder, written to ``<path>.partial-<pid>``
+and renamed when complete, so an interrupted run never leaves a finished-looking result; an
+existing bundle raises :class:`~corrscan.errors.ResultExistsError` unless ``overwrite``; no
+pickle)::
 
     result/
       scores.mrc            max score over rotations, (D, H, W) float32, voxel size in Å
-      rotation_index.mrc    index of the best rotation, (D, H, W) (int16/float32 MRC)
+      rotation_index.mrc    index of the best rotation, (D, H, W) int16 (or uint16) MRC,
+                            -1 where nothing was recorded; rotation_index.npy (int32)
+                            when the indices fit neither (from 32768 rotations on)
       rotations.csv         index, 3x3 matrix (r00..r22), RELION rot/tilt/psi
-      metadata.json         search settings, n_rotations, score statistics, timings, versions
+      metadata.json         the core bundle document (format, versions, voxel size, maps,
+                            tables); under "metadata": result_format, pixel_size, score_mean,
+                            score_std, score_count, template_shape and "search" (the search
+                            settings, n_rotations, timings)
 
 Tables (:meth:`MatchResult.peaks`) are pandas DataFrames with voxel positions ``z, y, x``
 (origin: first voxel's centre), Å positions, score, rotation index, the 3x3 matrix and RELION
@@ -21,10 +28,7 @@ odd sizes alike: ``(index - N/2) * pixel_size``), the same angles, ``_rlnTomoNam
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,22 +39,10 @@ import pandas as pd
 from corrscan.errors import CorrscanError, FileFormatError, InputError, ResultExistsError
 from corrscan.match3d.rotations import matrices_to_relion_euler, relion_euler_to_matrices
 
-__all__ = ["MatchResult", "read_table", "write_table"]
+__all__ = ["RESULT_FORMAT", "MatchResult", "read_table", "write_table"]
 
-
-def _write_mrc(path: Path, data: np.ndarray, voxel_size: float) -> None:
-    from corrscan.core.io.mrc import write_mrc
-
-    write_mrc(path, np.ascontiguousarray(data), voxel_size)
-
-
-def _read_mrc(path: Path) -> tuple[np.ndarray, float]:
-    from corrscan.core.io.mrc import read_mrc
-
-    if not path.is_file():
-        raise FileFormatError(f"missing map {path}")
-    data, vs = read_mrc(path)
-    return np.asarray(data).copy(), float(vs)
+#: ``result_format`` of the match3d part of a bundle's ``metadata.json``
+RESULT_FORMAT = "corrscan.match3d.result/2"
 
 
 @dataclass
@@ -175,41 +167,49 @@ class MatchResult:
         overwrite: bool = False,
         tables: dict[str, pd.DataFrame] | None = None,
     ) -> Path:
-        """Write the result bundle (see module docstring); returns its path."""
+        """Write the result bundle (see module docstring) with
+        :func:`corrscan.core.io.bundle.write_bundle`; returns its path.
+
+        ``tables`` are extra ``{name: DataFrame}`` written as ``<name>.csv`` (not
+        ``rotations``). An existing bundle raises :class:`ResultExistsError` unless
+        ``overwrite``; the parent folder is created.
+        """
+        from corrscan.core.io.bundle import write_bundle
+
         path = Path(path)
+        extra = dict(tables or {})
+        if "rotations" in extra:
+            raise InputError("table name 'rotations' is reserved for the rotation table")
         if path.exists() and not overwrite:
-            raise ResultExistsError(f"{path} exists: pass overwrite=True or choose another path")
-        tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        _write_mrc(tmp / "scores.mrc", self.scores.astype(np.float32), self.pixel_size)
-        ri = self.rotation_index
-        ri_out = ri.astype(np.int16) if ri.max(initial=-1) < 32767 else ri.astype(np.float32)
-        _write_mrc(tmp / "rotation_index.mrc", ri_out, self.pixel_size)
+            raise ResultExistsError(
+                f"{path} already exists: pass overwrite=True to replace it or choose another path"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
         rot = self.rotations.reshape(-1, 9).astype(np.float64)
         eul = matrices_to_relion_euler(self.rotations) if len(rot) else np.zeros((0, 3))
         rdf = pd.DataFrame(rot, columns=[f"r{i}{j}" for i in range(3) for j in range(3)])
         rdf.insert(0, "index", np.arange(len(rot)))
         rdf["rot"], rdf["tilt"], rdf["psi"] = eul[:, 0], eul[:, 1], eul[:, 2]
-        rdf.to_csv(tmp / "rotations.csv", index=False, float_format="%.9g")
         meta = {
-            "format": "corrscan.match3d.result/1",
+            "result_format": RESULT_FORMAT,
             "pixel_size": self.pixel_size,
             "score_mean": self.score_mean,
             "score_std": self.score_std,
             "score_count": self.score_count,
             "template_shape": list(self.template_shape),
-            "metadata": self.metadata,
-            "versions": _versions(),
+            "search": self.metadata,
         }
-        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=_json_default))
-        for name, df in (tables or {}).items():
-            df.to_csv(tmp / f"{name}.csv", index=False)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-        return path
+        return write_bundle(
+            path,
+            maps={
+                "scores": np.asarray(self.scores, dtype=np.float32),
+                "rotation_index": np.asarray(self.rotation_index, dtype=np.int32),
+            },
+            metadata=meta,
+            voxel_size=self.pixel_size,
+            tables={"rotations": rdf, **extra},
+            overwrite=overwrite,
+        )
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> MatchResult:
@@ -226,48 +226,35 @@ class MatchResult:
 
     @classmethod
     def _read(cls, path: Path) -> MatchResult:
-        meta_path = path / "metadata.json"
-        if not meta_path.is_file():
-            raise FileFormatError(f"{path} is not a match3d result bundle (no metadata.json)")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != "corrscan.match3d.result/1":
-            raise FileFormatError(f"{meta_path}: unknown format {meta.get('format')!r}")
-        scores, _vs = _read_mrc(path / "scores.mrc")
-        ri, _ = _read_mrc(path / "rotation_index.mrc")
-        rdf = pd.read_csv(path / "rotations.csv")
-        rot = rdf[[f"r{i}{j}" for i in range(3) for j in range(3)]].to_numpy().reshape(-1, 3, 3)
-        rot = rot.astype(np.float64)
+        from corrscan.core.io.bundle import read_bundle
+
+        b = read_bundle(path)
+        meta = b.metadata.get("metadata")
+        if not isinstance(meta, dict) or meta.get("result_format") != RESULT_FORMAT:
+            raise FileFormatError(
+                f"{path} is not a match3d result bundle (metadata.json has no "
+                f"result_format {RESULT_FORMAT!r})"
+            )
+        missing = ({"scores", "rotation_index"} - set(b.maps)) | ({"rotations"} - set(b.tables))
+        if missing:
+            raise FileFormatError(f"{path}: the bundle lacks {sorted(missing)}")
+        scores = np.array(b.maps["scores"], dtype=np.float32)
+        ri = np.array(b.maps["rotation_index"])
+        rdf = b.tables["rotations"]
+        rot = rdf[[f"r{i}{j}" for i in range(3) for j in range(3)]].to_numpy(dtype=np.float64)
+        rot = rot.reshape(-1, 3, 3)
         if ri.shape != scores.shape or scores.ndim != 3:
             raise FileFormatError(f"{path}: score map {scores.shape} and rotation map {ri.shape}")
         if not np.all(np.isfinite(rot)) or (ri.size and np.rint(ri).max() >= len(rot)):
             raise FileFormatError(f"{path}: rotation table does not match the rotation map")
         return cls(
-            scores=scores.astype(np.float32), rotation_index=np.rint(ri).astype(np.int32),
+            scores=scores, rotation_index=np.rint(ri).astype(np.int32),
             rotations=rot.astype(np.float32), pixel_size=float(meta["pixel_size"]),
             score_mean=float(meta["score_mean"]), score_std=float(meta["score_std"]),
-            score_count=int(meta["score_count"]), template_shape=tuple(meta["template_shape"]),
-            metadata=meta.get("metadata", {}),
+            score_count=int(meta["score_count"]),
+            template_shape=tuple(int(v) for v in meta["template_shape"]),
+            metadata=dict(meta.get("search") or {}),
         )  # fmt: skip
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, float) and not math.isfinite(o):
-        return str(o)
-    return str(o)
-
-
-def _versions() -> dict[str, str]:
-    import torch
-
-    from corrscan import __version__
-
-    return {"corrscan": __version__, "torch": torch.__version__, "numpy": np.__version__}
 
 
 # ---------------------------------------------------------------------- tables

@@ -11,9 +11,10 @@ Conventions (same as :mod:`corrscan.core.rotations`):
   that looks like the template rotated by ``M`` has the RELION angles of ``R = M^T``; see
   :func:`matrices_to_relion_euler`.
 
-The near-uniform SO(3) sets are super-Fibonacci spirals (Alexa 2022): deterministic, any size,
-no data files. The size for an angular step is chosen so that the covering radius (largest
-distance from any rotation to the nearest set member) is about the step.
+The near-uniform SO(3) sets are :func:`corrscan.core.rotations.covering_rotations`
+(super-Fibonacci spirals, Alexa 2022: deterministic, any size, no data files; the size for an
+angular step is chosen so that the covering radius is about the step), transposed to the
+active template rotations used here.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import re
 import numpy as np
 import torch
 
+from corrscan.core import rotations as _core_rot
 from corrscan.errors import InputError
 
 __all__ = [
@@ -40,12 +42,6 @@ __all__ = [
     "symmetry_matrices",
 ]
 
-# Covering-radius calibration of super-Fibonacci sets: n * step_rad**3 ~ _K (measured by dense
-# random sampling for n = 60..2000: covering radius 60.5 deg at 60, 31.3 at 360, 16.6 at 2000).
-# 30 degrees -> 360 rotations, the size pyTME uses for 30 degrees.
-_K = 51.6
-_PSI = 1.533751168755204288118041
-
 
 def _rz(a: np.ndarray) -> np.ndarray:
     c, s = np.cos(a), np.sin(a)
@@ -53,37 +49,6 @@ def _rz(a: np.ndarray) -> np.ndarray:
     out[..., 0, 0], out[..., 0, 1], out[..., 1, 0], out[..., 1, 1] = c, -s, s, c
     out[..., 2, 2] = 1.0
     return out
-
-
-def _ry(a: np.ndarray) -> np.ndarray:
-    c, s = np.cos(a), np.sin(a)
-    out = np.zeros((*np.shape(a), 3, 3))
-    out[..., 0, 0], out[..., 0, 2], out[..., 2, 0], out[..., 2, 2] = c, s, -s, c
-    out[..., 1, 1] = 1.0
-    return out
-
-
-def _zyz_active(angles: np.ndarray) -> np.ndarray:
-    """``Rz(c) @ Ry(b) @ Rz(a)`` for ``(..., 3)`` ``[a, b, c]`` degrees (internal)."""
-    a = np.deg2rad(np.asarray(angles, dtype=np.float64))
-    return _rz(a[..., 2]) @ _ry(a[..., 1]) @ _rz(a[..., 0])
-
-
-def _zyz_active_angles(matrices: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`_zyz_active`: ``(..., 3)`` ``[a, b, c]``, ``b`` in [0, 180]."""
-    r = np.asarray(matrices, dtype=np.float64)
-    b = np.arccos(np.clip(r[..., 2, 2], -1.0, 1.0))
-    gimbal = np.sin(b) < 1e-6
-    a = np.arctan2(r[..., 2, 1], -r[..., 2, 0])
-    c = np.arctan2(r[..., 1, 2], r[..., 0, 2])
-    c_g = np.where(
-        r[..., 2, 2] > 0,
-        np.arctan2(r[..., 1, 0], r[..., 0, 0]),
-        np.arctan2(-r[..., 1, 0], -r[..., 0, 0]),
-    )
-    a = np.where(gimbal, 0.0, a)
-    c = np.where(gimbal, c_g, c)
-    return np.rad2deg(np.stack([a, b, c], axis=-1))
 
 
 def euler_to_matrix(angles: np.ndarray) -> np.ndarray:
@@ -121,42 +86,18 @@ def rotation_angle_deg(r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
     return np.rad2deg(np.arccos(np.clip((tr - 1.0) / 2.0, -1.0, 1.0)))
 
 
-def _quat_to_matrix(q: np.ndarray) -> np.ndarray:
-    w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    out = np.empty((*q.shape[:-1], 3, 3))
-    out[..., 0, 0] = 1 - 2 * (y * y + z * z)
-    out[..., 0, 1] = 2 * (x * y - z * w)
-    out[..., 0, 2] = 2 * (x * z + y * w)
-    out[..., 1, 0] = 2 * (x * y + z * w)
-    out[..., 1, 1] = 1 - 2 * (x * x + z * z)
-    out[..., 1, 2] = 2 * (y * z - x * w)
-    out[..., 2, 0] = 2 * (x * z - y * w)
-    out[..., 2, 1] = 2 * (y * z + x * w)
-    out[..., 2, 2] = 1 - 2 * (x * x + y * y)
-    return out
-
-
 def super_fibonacci_rotations(n: int) -> np.ndarray:
-    """``(n, 3, 3)`` float64 near-uniform rotations (super-Fibonacci spiral, Alexa 2022).
+    """``(n, 3, 3)`` float64 near-uniform template rotations (super-Fibonacci spiral).
 
-    Deterministic; the first is close to, but not exactly, the identity.
+    The active rotations of :func:`corrscan.core.rotations.super_fibonacci_rotations` (its
+    transposes). Deterministic; the first is close to, but not exactly, the identity.
     """
-    if n < 1:
-        raise InputError(f"number of rotations must be >= 1, got {n}")
-    s = np.arange(n, dtype=np.float64) + 0.5
-    t = s / n
-    r, rr = np.sqrt(t), np.sqrt(1.0 - t)
-    alpha = 2.0 * np.pi * s / math.sqrt(2.0)
-    beta = 2.0 * np.pi * s / _PSI
-    q = np.stack([r * np.sin(alpha), r * np.cos(alpha), rr * np.sin(beta), rr * np.cos(beta)], -1)
-    return _quat_to_matrix(q)
+    return np.swapaxes(_core_rot.super_fibonacci_rotations(n).numpy(), -1, -2).copy()
 
 
 def n_rotations_for_step(angular_step: float) -> int:
     """Size of the full (C1) set whose covering radius is about ``angular_step`` degrees."""
-    if not 0.0 < angular_step <= 180.0:
-        raise InputError(f"angular_step must be in (0, 180] degrees, got {angular_step}")
-    return max(1, math.ceil(_K / math.radians(angular_step) ** 3))
+    return _core_rot.n_covering_rotations(angular_step)
 
 
 def symmetry_matrices(symmetry: str) -> np.ndarray:
@@ -173,24 +114,16 @@ def symmetry_matrices(symmetry: str) -> np.ndarray:
 
 
 def reduce_by_symmetry(matrices: np.ndarray, symmetry: str) -> np.ndarray:
-    """Keep the rotations in one asymmetric unit of a ``Cn``/``Dn`` symmetric template.
+    """Keep the template rotations in one asymmetric unit of a ``Cn``/``Dn`` template.
 
-    With template symmetry ``S`` the rotations ``R`` and ``R S`` give the same rotated
-    template. Writing ``R = Rz(c) Ry(b) Rz(a)``, ``R Rz(t)`` shifts ``a`` by ``t``
-    and ``R Rx(180)`` maps ``b`` to ``180 - b``; the kept unit is
-    ``a mod 360 in [0, 360/n)`` (and ``b <= 90`` for ``Dn``), about ``1/|G|`` of a
-    uniform set.
+    With template symmetry ``S`` the rotations ``M`` and ``M S`` give the same rotated
+    template; for ``R = M^T`` (corrscan's convention) symmetry acts on the left, and the
+    unit is the Euler window of :func:`corrscan.core.rotations.covering_rotations`.
     """
-    sym = str(symmetry).strip().upper()
-    k = symmetry_matrices(sym).shape[0]
-    if k == 1:
-        return np.asarray(matrices)
-    n = k if sym.startswith("C") else k // 2
-    eul = _zyz_active_angles(matrices)
-    keep = np.mod(eul[:, 0], 360.0) < 360.0 / n - 1e-9
-    if sym.startswith("D"):
-        keep &= eul[:, 1] <= 90.0
-    return np.asarray(matrices)[keep]
+    m = np.asarray(matrices)
+    r = torch.from_numpy(np.ascontiguousarray(np.swapaxes(m, -1, -2), dtype=np.float64))
+    keep = _core_rot.euler_window_mask(r, symmetry).numpy()
+    return m[keep]
 
 
 def cone_rotations(
@@ -233,13 +166,12 @@ def rotation_set(
         The full set is made ``(180 / cone_angle)^2``-ish denser so the cone keeps the
         requested step.
     """
-    if (angular_step is None) == (n_rotations is None):
-        raise InputError("give exactly one of angular_step or n_rotations")
-    n = n_rotations_for_step(angular_step) if angular_step is not None else int(n_rotations)
-    if n < 1:
-        raise InputError(f"n_rotations must be >= 1, got {n_rotations}")
-    mats = super_fibonacci_rotations(n)
-    mats = reduce_by_symmetry(mats, symmetry)
+    symmetry_matrices(symmetry)  # Cn / Dn only, with this module's error message
+    r = _core_rot.covering_rotations(
+        angular_step=angular_step, n_rotations=n_rotations, symmetry=symmetry,
+        dtype=torch.float64,
+    )  # fmt: skip
+    mats = np.swapaxes(r.numpy(), -1, -2)  # active template rotations M = R^T
     if cone_angle is not None:
         mats = cone_rotations(mats, cone_axis if cone_axis is not None else (0, 0, 1), cone_angle)
     if len(mats) == 0:

@@ -133,6 +133,7 @@ def simulate_micrograph(
     colored_noise_std: float = 0.0,
     min_distance: float | None = None,
     seed: int = 0,
+    projection_pad: float = 2.0,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Simulate a micrograph with planted particles.
 
@@ -164,6 +165,9 @@ def simulate_micrograph(
         Minimum distance between random centres (default: the box size ``D``).
     seed
         Seeds positions, orientations and noise.
+    projection_pad
+        Padding factor of the map before its Fourier transform for the projections (2:
+        accurate; 1: an eighth of the memory, for very large maps).
 
     Returns
     -------
@@ -213,7 +217,8 @@ def simulate_micrograph(
     hp, wp = h + 2 * pad, w + 2 * pad
     spec = torch.zeros(hp, wp // 2 + 1, dtype=torch.complex128)
     if n:
-        proj = project(vol, euler_to_matrix(torch.from_numpy(ang)).to(torch.float32), pad=2.0)
+        rot = euler_to_matrix(torch.from_numpy(ang)).to(torch.float32)
+        proj = project(vol, rot, pad=projection_pad, gridding_correction=projection_pad > 1)
         ctf = ctf_2d(
             (hp, wp),
             pixel_size=pixel_size,

@@ -73,6 +73,11 @@ def _read_header(p: Path) -> MrcHeader:
         raise
     except Exception as exc:  # mrcfile raises ValueError/OSError/... for bad headers
         raise FileFormatError(f"{p} is not a readable MRC file: {exc}") from None
+    if any(n <= 0 for n in shape) or ext < 0:
+        raise FileFormatError(
+            f"{p} has a corrupt MRC header: dimensions {shape}, extended header {ext} bytes "
+            "(all must be positive)"
+        )
     return MrcHeader(
         shape=shape,
         dtype=np.dtype(dtype),
@@ -122,7 +127,7 @@ def read_mrc(path: str | os.PathLike, *, mmap: bool = False) -> tuple[np.ndarray
         )
     try:
         data = np.memmap(p, dtype=h.dtype, mode="r", offset=h.data_offset, shape=h.shape)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, OverflowError) as exc:
         raise FileFormatError(f"cannot map the data of {p}: {exc}") from None
     if not mmap:
         native = h.dtype.newbyteorder("=")
