@@ -34,8 +34,15 @@ _PATH_COLUMNS = (
 def _from_table(df: pd.DataFrame, source: Path) -> list[Path]:
     for col in _PATH_COLUMNS:
         if col in df.columns:
-            base = source.parent
-            return [p if p.is_absolute() else base / p for p in map(Path, df[col].astype(str))]
+            values = df.loc[:, [col]].iloc[:, 0]  # one Series even if the name repeats
+            bad = [i for i, v in enumerate(values) if not isinstance(v, str) or not v.strip()]
+            if bad:
+                raise FileFormatError(
+                    f"{source}: column {col!r} has {len(bad)} empty or non-text entr"
+                    f"{'y' if len(bad) == 1 else 'ies'} (first at row {bad[0] + 1})"
+                )
+            paths = [Path(v.strip()) for v in values]
+            return [p if p.is_absolute() else source.parent / p for p in paths]
     raise InputError(
         f"{source}: no column naming the input files; use one of {', '.join(_PATH_COLUMNS)}"
     )
@@ -54,7 +61,7 @@ def list_inputs(spec: str | Path | list[str | Path]) -> list[Path]:
         p = Path(s)
         if p.suffix.lower() == ".csv" and p.is_file():
             try:
-                paths = _from_table(pd.read_csv(p), p)
+                paths = _from_table(pd.read_csv(p, dtype=str), p)
             except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
                 raise FileFormatError(f"{p} is not a readable CSV list: {exc}") from None
         elif p.suffix.lower() == ".star" and p.is_file():
