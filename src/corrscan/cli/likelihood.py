@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -131,9 +132,35 @@ def register(app: typer.Typer) -> None:
         n_images_per_batch: int | None = typer.Option(None, help="Default: from free memory."),
         n_templates_per_batch: int | None = typer.Option(None, help="Default: from free memory."),
         device: str = typer.Option("auto", help="cpu | cuda:N | auto."),
+        workers: int | None = typer.Option(
+            None, help="Run template-batch tasks on a local Dask cluster of N processes."
+        ),
+        scheduler: str | None = typer.Option(
+            None, help="Run the tasks on an existing Dask scheduler (tcp://host:port)."
+        ),
+        resume: bool = typer.Option(
+            True, "--resume/--no-resume", help="With --workers/--scheduler: resume checkpoints."
+        ),
     ) -> None:
         """Optimal pose and log-likelihoods (or the full CC tensor) of every image."""
         from corrscan.likelihood import workflow as wf
+
+        runner: Any = wf
+        if workers is not None or scheduler is not None:
+            from corrscan.distributed import likelihood as runner  # same API, Dask tasks
+
+            extra = {"workers": workers, "scheduler": scheduler, "resume": resume}
+            batches = {
+                "n_images_per_batch": n_images_per_batch or 32,
+                "n_templates_per_batch": n_templates_per_batch or 64,
+            }
+            device = "cpu" if device == "auto" else device
+        else:
+            extra = {}
+            batches = {
+                "n_images_per_batch": n_images_per_batch,
+                "n_templates_per_batch": n_templates_per_batch,
+            }
 
         try:
             files = wf.configure_likelihood_files(
@@ -143,14 +170,12 @@ def register(app: typer.Typer) -> None:
                 max_displacement_pixels, n_displacements_x, n_displacements_y
             )
             if full:
-                out = wf.run_likelihood_full_cross_correlation(
-                    files, disp, skip_exist=skip_exist, n_images_per_batch=n_images_per_batch,
-                    n_templates_per_batch=n_templates_per_batch, device=device,
-                )  # fmt: skip
+                out = runner.run_likelihood_full_cross_correlation(
+                    files, disp, skip_exist=skip_exist, device=device, **batches, **extra
+                )
             else:
-                out = wf.run_likelihood_optimal_pose(
-                    files, disp, skip_exist=skip_exist, n_images_per_batch=n_images_per_batch,
-                    n_templates_per_batch=n_templates_per_batch, device=device,
+                out = runner.run_likelihood_optimal_pose(
+                    files, disp, skip_exist=skip_exist, device=device, **batches, **extra,
                     return_likelihood_optimal_pose_fourier=not no_likelihood,
                     return_likelihood_integrated_pose_fourier=not no_likelihood,
                 )  # fmt: skip
