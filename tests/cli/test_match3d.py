@@ -112,3 +112,23 @@ def test_bad_arguments_exit_cleanly(tmp_path):
     assert r.exit_code == 2 and "not found" in r.output
     r = runner.invoke(app, ["match3d", "search", "--this-is-not-an-option"])
     assert r.exit_code != 0
+
+
+def test_search_on_dask_workers_equals_in_process(tmp_path):
+    tomo, truth = simulate_tomogram(
+        24, template_shape=9, n_particles=1, noise_std=0.1, wedge=None, seed=3, n_atoms=12,
+        sigma=1.0, pixel_size=2.0,
+    )  # fmt: skip
+    write_mrc(tmp_path / "tomo.mrc", tomo, 2.0)
+    write_mrc(tmp_path / "tmpl.mrc", truth["template"], 2.0)
+    common = ["match3d", "search", str(tmp_path / "tomo.mrc"), str(tmp_path / "tmpl.mrc"),
+              "--angular-step", "45", "--interpolation-order", "1", "--batch-size", "8",
+              "--threads", "1"]  # fmt: skip
+    runner = CliRunner()
+    r = runner.invoke(app, [*common, "-o", str(tmp_path / "local")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, [*common, "-o", str(tmp_path / "dask"), "--workers", "2"])
+    assert r.exit_code == 0, r.output
+    local, dask = MatchResult.read(tmp_path / "local"), MatchResult.read(tmp_path / "dask")
+    np.testing.assert_array_equal(np.asarray(dask.scores), np.asarray(local.scores))
+    assert not (tmp_path / "dask.checkpoint.pt").exists()

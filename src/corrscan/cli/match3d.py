@@ -85,6 +85,15 @@ def register(app: typer.Typer) -> None:
         threads: int | None = typer.Option(None, help="CPU cores (rotation-parallel workers)."),
         device: str = typer.Option("cpu", help="cpu | cuda:N | auto."),
         overwrite: bool = typer.Option(False, help="Replace an existing result."),
+        workers: int | None = typer.Option(
+            None, help="Run rotation-chunk tasks on a local Dask cluster of N processes."
+        ),
+        scheduler: str | None = typer.Option(
+            None, help="Run the tasks on an existing Dask scheduler (tcp://host:port)."
+        ),
+        resume: bool = typer.Option(
+            True, "--resume/--no-resume", help="With --workers/--scheduler: resume a checkpoint."
+        ),
     ) -> None:
         """Search the tomogram for rotated copies of the template; write a result bundle."""
         import numpy as np
@@ -118,16 +127,27 @@ def register(app: typer.Typer) -> None:
             if output.exists() and not overwrite:
                 raise CorrscanError(f"{output} exists: pass --overwrite or choose another path")
             axis = _floats(cone_axis, "--cone-axis")
-            res = match_template(
-                tomo, np.asarray(tmpl, dtype=np.float32), template_mask=tm, target_mask=gm,
+            search_kwargs = dict(
+                template_mask=tm, target_mask=gm,
                 score=score, angular_step=angular_step, n_rotations=n_rotations,
                 symmetry=symmetry, cone_axis=tuple(axis) if cone_angle is not None else None,
                 cone_angle=cone_angle, interpolation_order=interpolation_order, filters=cfg,
                 pixel_size=ps, target_splits=splits if splits > 1 else None,
                 pad_edges=pad_edges, batch_size=batch_size, device=device,
-                workers=threads if device == "cpu" else None,
             )  # fmt: skip
-            res.write(output, overwrite=overwrite)
+            tmpl = np.asarray(tmpl, dtype=np.float32)
+            if workers is not None or scheduler is not None:
+                from corrscan.distributed.search3d import run_search3d
+
+                res = run_search3d(
+                    tomo, tmpl, output, overwrite=overwrite, resume=resume,
+                    workers=workers, scheduler=scheduler, **search_kwargs,
+                )  # fmt: skip
+            else:
+                res = match_template(
+                    tomo, tmpl, workers=threads if device == "cpu" else None, **search_kwargs
+                )
+                res.write(output, overwrite=overwrite)
         except (CorrscanError, ValueError) as exc:
             _fail(exc)
         m = res.metadata
