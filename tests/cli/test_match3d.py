@@ -132,3 +132,30 @@ def test_search_on_dask_workers_equals_in_process(tmp_path):
     local, dask = MatchResult.read(tmp_path / "local"), MatchResult.read(tmp_path / "dask")
     np.testing.assert_array_equal(np.asarray(dask.scores), np.asarray(local.scores))
     assert not (tmp_path / "dask.checkpoint.pt").exists()
+
+
+def test_batch_skips_finished_and_reports_failures(tmp_path):
+    tmpl = None
+    for i in range(2):
+        tomo, truth = simulate_tomogram(
+            20, template_shape=7, n_particles=1, noise_std=0.1, wedge=None, seed=10 + i,
+            n_atoms=8, sigma=1.0, pixel_size=2.0,
+        )  # fmt: skip
+        write_mrc(tmp_path / f"tomo_{i}.mrc", tomo, 2.0)
+        tmpl = truth["template"]
+    write_mrc(tmp_path / "tmpl.mrc", tmpl, 2.0)
+    (tmp_path / "tomo_9.mrc").write_bytes(b"truncated")
+    runner = CliRunner()
+    args = ["match3d", "batch", str(tmp_path / "tomo_*.mrc"), str(tmp_path / "tmpl.mrc"),
+            "-o", str(tmp_path / "out"), "--angular-step", "60",
+            "--interpolation-order", "1"]  # fmt: skip
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1, r.output  # one corrupt input: reported, others done
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert list(summary["status"]) == ["done", "done", "failed"]
+    assert "tomo_9.mrc" in summary.loc[2, "error"]
+    assert MatchResult.read(tmp_path / "out" / "tomo_0").scores.shape == (20, 20, 20)
+    (tmp_path / "tomo_9.mrc").unlink()
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "2 skipped" in r.output

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from corrscan.core.checkpoint import Checkpoint
@@ -32,8 +32,6 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-# known failures (xfail below): no shrinking, so they stay within the time budget
-FUZZ_KNOWN_BUG = settings(FUZZ, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 
 
 def _ok_or_clear(reader, path) -> None:

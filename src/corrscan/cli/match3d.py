@@ -197,4 +197,51 @@ def register(app: typer.Typer) -> None:
             _fail(exc)
         typer.echo(f"{output}: {len(df)} peaks")
 
+    @sub.command("batch")
+    def batch(
+        inputs: str = typer.Argument(..., help="Tomograms: a glob, a CSV or a STAR list."),
+        template: Path = typer.Argument(..., help="Template map, same voxel size."),
+        out: Path = typer.Option(..., "--out", "-o", help="Folder of the per-tomogram bundles."),
+        score: str = typer.Option("FLCSphericalMask", help="CC|LCC|NCC|FLCSphericalMask|FLC|MCC."),
+        angular_step: float = typer.Option(30.0, help="Covering radius, degrees."),
+        symmetry: str = typer.Option("C1", help="Template symmetry C1|Cn|Dn."),
+        interpolation_order: int = typer.Option(3, help="1 (trilinear) or 3 (cubic)."),
+        lowpass: float | None = typer.Option(None, help="Low-pass cut-off, Å."),
+        highpass: float | None = typer.Option(None, help="High-pass cut-off, Å."),
+        wedge: str | None = typer.Option(None, help="Continuous wedge 'min,max' degrees."),
+        skip_done: bool = typer.Option(True, "--skip-done/--redo", help="Skip finished ones."),
+        workers: int | None = typer.Option(None, help="Local Dask cluster of N processes."),
+        scheduler: str | None = typer.Option(None, help="Existing Dask scheduler address."),
+        resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume checkpoints."),
+    ) -> None:
+        """Search many tomograms for one template; skip finished ones; write summary.csv."""
+        from corrscan.distributed.search3d import batch_search3d
+        from corrscan.match3d import FilterConfig
+
+        try:
+            w = _floats(wedge, "--wedge")
+            if w is not None and len(w) != 2:
+                raise CorrscanError("--wedge takes two angles 'min,max'")
+            cfg = FilterConfig(
+                lowpass_angstrom=lowpass, highpass_angstrom=highpass,
+                wedge=None if w is None else (w[0], w[1]),
+            )  # fmt: skip
+            summary = batch_search3d(
+                inputs, template, out, skip_done=skip_done, workers=workers,
+                scheduler=scheduler, resume=resume, score=score, angular_step=angular_step,
+                symmetry=symmetry, interpolation_order=interpolation_order, filters=cfg,
+            )  # fmt: skip
+        except (CorrscanError, ValueError) as exc:
+            _fail(exc)
+        counts = summary["status"].value_counts().to_dict()
+        typer.echo(
+            f"{len(summary)} tomogram(s): "
+            + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+            + f"; summary: {out / 'summary.csv'}"
+        )
+        if counts.get("failed"):
+            for _, row in summary[summary["status"] == "failed"].iterrows():
+                typer.echo(f"  failed {row['input']}: {row['error']}", err=True)
+            raise typer.Exit(1)
+
     app.add_typer(sub, name="match3d")
