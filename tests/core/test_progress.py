@@ -31,3 +31,28 @@ def test_track_yields_every_item_in_order(monkeypatch, enabled):
     assert got == items
     gen = (i * i for i in range(5))  # no len(): total unknown
     assert list(progress.track(gen, enabled=enabled)) == [0, 1, 4, 9, 16]
+
+
+def test_advance_counts_uneven_work(monkeypatch):
+    """With ``advance`` the bar counts each item's own work (uneven batches) and ends at the
+    total work, not at ``len(items) * scale``."""
+    import rich.progress as rp
+
+    monkeypatch.setattr(
+        "rich.progress.get_console", lambda: Console(file=io.StringIO(), force_terminal=True)
+    )
+    done: list[float] = []
+    real_advance = rp.Progress.advance
+
+    def spy(self, task_id, advance=1):
+        done.append(advance)
+        real_advance(self, task_id, advance)
+
+    monkeypatch.setattr(rp.Progress, "advance", spy)
+    sizes = [15, 15, 15, 7]  # the last batch is shorter
+    got = list(progress.track(sizes, total=52, advance=lambda n: n, scale=15, enabled=True))
+    assert got == sizes
+    assert done == [15.0, 15.0, 15.0, 7.0] and sum(done) == 52
+    done.clear()
+    assert list(progress.track(sizes, advance=lambda n: 2 * n, enabled=False)) == sizes
+    assert done == []  # disabled: nothing is drawn, items unchanged

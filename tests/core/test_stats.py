@@ -365,3 +365,49 @@ def test_integer_payloads_keep_their_dtype_and_exact_values() -> None:
         MaxAccumulator((2, 2), ("flag",), device="cpu").update(
             x, {"flag": torch.tensor([True, False])}
         )
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_update_reduced_equals_update(dense: bool) -> None:
+    """Pre-reduced candidates (the caller's own batch argmax) fold like ``update``, ties
+    included; the sparse CPU path (few candidates) and the dense one agree."""
+    rng = np.random.default_rng(7)
+    shape = (9, 11)
+    # few distinct values: many exact ties inside batches and across updates
+    batches = [
+        torch.from_numpy(rng.integers(0, 4 if dense else 40, (5, *shape)).astype(np.float32))
+        for _ in range(6)
+    ]
+    order = rng.permutation(len(batches))  # updates out of index order: ties must still
+    ref = MaxAccumulator(shape, ("index", "defocus"))  # keep the smaller global index
+    red = MaxAccumulator(shape, ("index", "defocus"))
+    junk = torch.full(shape, 10**9, dtype=torch.int64)
+    for i in order:
+        x = batches[i]
+        idx = torch.arange(5, dtype=torch.int64) + 5 * int(i)
+        ref.update(x, {"index": idx, "defocus": idx.double() * 100})
+        m = x.amax(0)
+        arg = (x == m).to(torch.int8).argmax(0)  # first (smallest index) winner per pixel
+        win = idx[arg]
+        # payloads below the stored maximum must not matter: fill them with junk
+        below = m < red.max
+        pmap = torch.where(below, junk, win)
+        red.update_reduced(m, {"index": pmap, "defocus": win.double() * 100})
+    assert torch.equal(red.max, ref.max)
+    for name in ("index", "defocus"):
+        assert torch.equal(red.payloads[name], ref.payloads[name]), name
+    # and a brute-force reference: global max, smallest index among the maxima
+    allx = torch.cat(batches)
+    gm = allx.amax(0)
+    first = (allx == gm).to(torch.int8).argmax(0)
+    assert torch.equal(red.payloads["index"], first)
+
+
+def test_update_reduced_rejects_bad_shapes_and_names() -> None:
+    acc = MaxAccumulator((3, 4), ("index",))
+    with pytest.raises(InputError, match="shape"):
+        acc.update_reduced(torch.zeros(4, 3), {"index": torch.zeros(3, 4, dtype=torch.int64)})
+    with pytest.raises(InputError, match="missing"):
+        acc.update_reduced(torch.zeros(3, 4), {})
+    with pytest.raises(InputError, match="payload map"):
+        acc.update_reduced(torch.zeros(3, 4), {"index": torch.zeros(2, dtype=torch.int64)})

@@ -34,6 +34,16 @@ def one_thread():
         torch.set_num_threads(old)
 
 
+@contextlib.contextmanager
+def two_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def client():
     with get_client(workers=2) as c:
@@ -53,6 +63,13 @@ def test_match2d_on_cluster_equals_in_process(client):
     res = search2d(img, vol, client=client, n_chunks=4, **kw)
     assert res.metadata["distributed"]["n_chunks"] == 4
     test_search2d.assert_same(res, ref)
+    # the CPU search runs its workers single-threaded: the caller's thread count and the
+    # number of in-process worker threads do not change the bits either
+    with two_threads():
+        ref2 = match2d(
+            img, vol, progress=False, **dict(kw, compute={**kw["compute"], "num_threads": 2})
+        )
+    test_search2d.assert_same(res, ref2)
 
 
 class _Killed(Exception):

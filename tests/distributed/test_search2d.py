@@ -204,3 +204,25 @@ def test_bad_inputs_are_clear_errors():
         search2d(img[:10, :10], vol, **kw)
     with pytest.raises(InputError, match="orientations is empty"):
         search2d(img, vol, **dict(kw, orientations=np.zeros((0, 3))))
+
+
+def test_bits_do_not_depend_on_workers_or_torch_threads(setup):
+    """The CPU search runs every worker torch-single-threaded and merges per-worker states
+    exactly: 1 or 3 worker threads, under 1 or 2 torch threads, give the same bits (so Dask
+    workers, which run one thread, reproduce any in-process run with the same batch)."""
+    from corrscan.core.threads import torch_threads
+
+    img, vol, kw, ref = setup
+    runs = []
+    for n_workers, n_torch in [(1, 1), (3, 2), (2, 1)]:
+        comp = dict(kw["compute"], num_threads=n_workers)
+        with torch_threads(n_torch):
+            res = match_template(img, vol, progress=False, **dict(kw, compute=comp))
+            assert torch.get_num_threads() == n_torch  # the caller's count is restored
+        assert len(res.metadata["workers"]) == n_workers
+        runs.append(res)
+    for res in runs:
+        assert_same(res, ref)
+    # and a chunked run under 2 torch threads
+    with torch_threads(2):
+        assert_same(search2d(img, vol, chunk_size=6, **kw), ref)

@@ -1,8 +1,10 @@
-"""CLI commands of the ``match2d`` job: ``search``, ``peaks``, ``refine``, ``plot``,
-``example-config``."""
+"""CLI commands of the ``match2d`` job: ``search`` (in-process or ``--workers N`` /
+``--scheduler ADDRESS`` with ``--resume/--no-resume``), ``batch``, ``peaks``, ``refine``,
+``plot``, ``example-config``."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -11,6 +13,24 @@ import typer
 def _fail(exc: Exception) -> None:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=1)
+
+
+def _print_summary(summary) -> None:
+    """The batch summary as an aligned table (input, status, seconds, particles, best z)."""
+    cols = [c for c in ("input", "status", "seconds", "n_particles", "max_zscore") if c in summary]
+    if not cols or summary.empty:
+        return
+    rows = [[_cell(v) for v in r] for r in summary[cols].itertuples(index=False)]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    typer.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+    for r in rows:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return "" if v != v else f"{v:.2f}"  # NaN (skipped/failed rows) -> blank
+    return str(v)
 
 
 def register(app: typer.Typer) -> None:
@@ -27,8 +47,26 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option(None, help="Override computational_config.device."),
         overwrite: bool = typer.Option(None, "--overwrite/--no-overwrite"),
         progress: bool = typer.Option(True, "--progress/--quiet", help="Progress bar."),
+        workers: int | None = typer.Option(
+            None, min=1, help="Run orientation chunks on a local Dask cluster of N processes."
+        ),
+        scheduler: str | None = typer.Option(
+            None, help="Run the chunks on an existing Dask scheduler (tcp://host:port)."
+        ),
+        resume: bool = typer.Option(
+            True,
+            "--resume/--no-resume",
+            help="With --workers/--scheduler: continue from <bundle>.checkpoint.pt (or delete "
+            "it and start again).",
+        ),
     ) -> None:
-        """Search every orientation x defocus, pick particles, write the result bundle."""
+        """Search every orientation x defocus, pick particles, write the result bundle.
+
+        Without --workers/--scheduler the search runs in this process (worker threads). With
+        them it is cut into orientation chunks run as Dask tasks, checkpointed next to the
+        bundle so that the same command resumes an interrupted run; the result equals the
+        in-process one with the same orientation_batch_size.
+        """
         from corrscan.errors import CorrscanError
         from corrscan.match2d.config import MatchTemplateConfig
         from corrscan.match2d.pipeline import run_search
@@ -37,18 +75,89 @@ def register(app: typer.Typer) -> None:
             cfg = MatchTemplateConfig.from_yaml(config)
             if device:
                 cfg.computational_config.device = device
-            res, parts, path = run_search(cfg, out=out, overwrite=overwrite, progress=progress)
+            t0 = time.perf_counter()
+            if workers is not None or scheduler:
+                from corrscan.distributed.search2d import run_search2d
+
+                res, parts, path = run_search2d(
+                    cfg, out=out, overwrite=overwrite, workers=workers, scheduler=scheduler,
+                    resume=resume, progress=progress,
+                )  # fmt: skip
+            else:
+                res, parts, path = run_search(cfg, out=out, overwrite=overwrite, progress=progress)
+            elapsed = time.perf_counter() - t0
         except CorrscanError as exc:
             _fail(exc)
             return
-        t = res.metadata["timings"]
+        t = res.metadata.get("timings") or {"search_s": elapsed}
+        rate = res.total_correlations / max(t["search_s"], 1e-9)
+        where = ""
+        dist = res.metadata.get("distributed")
+        if dist:
+            on = f"{workers} workers" if workers else f"scheduler {scheduler}"
+            where = f" on {on}, {dist['n_chunks']} chunks" + (
+                " (resumed)" if dist.get("resumed") else ""
+            )
         typer.echo(
             f"searched {res.metadata['total_orientations']:,} orientations x "
             f"{res.metadata['total_defocus']} defocus = {res.total_correlations:,} CCGs in "
-            f"{t['search_s']:.1f} s ({t['ccg_per_s']:,.0f} CCG/s); "
+            f"{t['search_s']:.1f} s ({rate:,.0f} CCG/s){where}; "
             f"{len(parts)} particles above z = {res.metadata['zscore_cutoff']:.2f}"
         )
         typer.echo(f"wrote {path}")
+
+    @sub.command("batch")
+    def batch(
+        inputs: str = typer.Argument(..., help="Micrographs: a glob, a CSV or a STAR list."),
+        config: Path = typer.Option(
+            ..., "--config", "-c", help="YAML MatchTemplateConfig (its micrograph is replaced)."
+        ),
+        out: Path = typer.Option(..., "--out", "-o", help="Folder of the per-micrograph bundles."),
+        device: str = typer.Option(None, help="Override computational_config.device."),
+        skip_done: bool = typer.Option(True, "--skip-done/--redo", help="Skip finished ones."),
+        stop_on_error: bool = typer.Option(
+            False, "--stop-on-error/--keep-going", help="Stop at the first failing input."
+        ),
+        workers: int | None = typer.Option(
+            None, min=1, help="One local Dask cluster of N processes for the whole batch."
+        ),
+        scheduler: str | None = typer.Option(None, help="Existing Dask scheduler address."),
+        resume: bool = typer.Option(
+            True, "--resume/--no-resume", help="Resume interrupted inputs from checkpoints."
+        ),
+        progress: bool = typer.Option(False, "--progress/--quiet", help="Progress bars."),
+    ) -> None:
+        """Search many micrographs with one configuration; skip finished ones; summary table.
+
+        Each input gets OUT/<stem>/ (a result bundle); OUT/summary.csv has one row per input
+        (status done/skipped/failed, error, seconds, particles, best z-score).
+        """
+        from corrscan.distributed.search2d import batch_search2d
+        from corrscan.errors import CorrscanError
+        from corrscan.match2d.config import MatchTemplateConfig
+
+        try:
+            cfg = MatchTemplateConfig.from_yaml(config)
+            if device:
+                cfg.computational_config.device = device
+            summary = batch_search2d(
+                cfg, inputs, out, skip_done=skip_done, stop_on_error=stop_on_error,
+                workers=workers, scheduler=scheduler, resume=resume, progress=progress,
+            )  # fmt: skip
+        except (CorrscanError, ValueError) as exc:
+            _fail(exc)
+            return
+        _print_summary(summary)
+        counts = summary["status"].value_counts().to_dict()
+        typer.echo(
+            f"{len(summary)} micrograph(s): "
+            + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+            + f"; summary: {out / 'summary.csv'}"
+        )
+        if counts.get("failed"):
+            for _, row in summary[summary["status"] == "failed"].iterrows():
+                typer.echo(f"  failed {row['input']}: {row['error']}", err=True)
+            raise typer.Exit(1)
 
     @sub.command("peaks")
     def peaks(

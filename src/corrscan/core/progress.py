@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -28,6 +28,7 @@ def track(
     unit: str = "it",
     scale: float = 1.0,
     enabled: bool | None = None,
+    advance: Callable[[T], float] | None = None,
 ) -> Iterator[T]:
     """Iterate with a rich progress bar showing the rate in ``unit``/s.
 
@@ -45,6 +46,11 @@ def track(
         Work per item in ``unit`` (e.g. CCGs per batch) when each item is a fixed amount.
     enabled
         Force on/off; ``None`` decides from the terminal (see :func:`progress_enabled`).
+    advance
+        Work of each item in ``unit`` for uneven items: ``advance(item)`` is added to the bar
+        once the caller has finished the item (replaces ``scale``; give ``total``). E.g. a
+        search whose last batch is shorter yields each batch's size and passes
+        ``advance=lambda n: n``.
     """
     if not progress_enabled(enabled):
         yield from iterable
@@ -58,7 +64,7 @@ def track(
         TimeRemainingColumn,
     )
 
-    if total is None and hasattr(iterable, "__len__"):
+    if total is None and advance is None and hasattr(iterable, "__len__"):
         total = len(iterable) * scale  # type: ignore[arg-type]
 
     class _Rate(TextColumn):
@@ -84,4 +90,4 @@ def track(
         task = bar.add_task(description, total=total)
         for item in iterable:
             yield item
-            bar.advance(task, scale)
+            bar.advance(task, scale if advance is None else float(advance(item)))

@@ -384,6 +384,96 @@ class MaxAccumulator:
         self._fold_batch(xm, xm.amax(0), pl)
         return self
 
+    def update_reduced(
+        self,
+        max_map: torch.Tensor,
+        payload_maps: Mapping[str, torch.Tensor],
+        *,
+        candidates: torch.Tensor | None = None,
+    ) -> MaxAccumulator:
+        """Fold candidates that the caller already reduced over its batch.
+
+        For callers with a fused hot loop (they compute the batch maximum and the winning
+        item's payloads themselves). Same rule as :meth:`update`: a larger score wins; on a
+        tie the smaller tie-break payload (``"index"``) wins, so the result does not depend
+        on the order of updates and merges.
+
+        Parameters
+        ----------
+        max_map
+            `(*shape)` candidate maximum per pixel (cast to the stored dtype).
+        payload_maps
+            ``{name: (*shape) tensor}`` for every name in ``payload_names``: the payloads of
+            the item that reached ``max_map``. Values only matter where ``max_map`` is ``>=``
+            the stored maximum (elsewhere they may hold anything, e.g. a reused buffer).
+        candidates
+            Optional `(n,)` int64 flat indices (row-major over ``shape``) of the pixels where
+            ``max_map >= max`` (ties included), when the caller already computed them; other
+            pixels are not looked at. ``None``: computed here.
+
+        Returns
+        -------
+        self
+
+        Notes
+        -----
+        On the CPU only the candidate pixels are written when they are a small fraction (the
+        usual case after the first updates); GPUs update every pixel (no host sync).
+        """
+        new_max = self._as_map(max_map, "max_map", floating=True)
+        missing = [n for n in self.payload_names if n not in payload_maps]
+        extra = [n for n in payload_maps if n not in self.payload_names]
+        if missing or extra:
+            raise InputError(
+                f"payload_maps must have exactly the keys {list(self.payload_names)}; "
+                f"missing {missing}, unexpected {extra}"
+            )
+        pl = {n: self._as_map(payload_maps[n], f"payload map {n!r}") for n in self.payload_names}
+        self._ensure_payloads({n: p.dtype for n, p in pl.items()})
+        new_max = new_max.to(self.dtype)
+        self.n_updates += 1
+        cur = self._max
+        if cur.device.type == "cpu":
+            if candidates is None:
+                cand = (new_max >= cur) if self.tie_break is not None else (new_max > cur)
+                idx = cand.view(-1).nonzero().squeeze(1)
+            else:
+                idx = candidates.to(device=cur.device, dtype=torch.int64).reshape(-1)
+            if idx.numel() * 3 <= cur.numel():
+                if idx.numel() == 0:
+                    return self
+                # few torch calls: callers run this from several threads at once
+                flat_cur = cur.view(-1)
+                ms = new_max.reshape(-1).index_select(0, idx)
+                cur_c = flat_cur.index_select(0, idx)
+                better = ms > cur_c
+                if self.tie_break is not None:
+                    eq = ms == cur_c
+                    if bool(eq.any()):
+                        tb_new = pl[self.tie_break].reshape(-1).index_select(0, idx)
+                        tb_cur = self._payloads[self.tie_break].view(-1).index_select(0, idx)
+                        better |= eq & (tb_new < tb_cur)
+                sel = idx[better]
+                flat_cur[sel] = ms[better]
+                for name in self.payload_names:
+                    old = self._payloads[name].view(-1)
+                    new = pl[name].reshape(-1)[sel]
+                    old[sel] = new if new.dtype == old.dtype else new.to(old.dtype)
+                return self
+        self._fold(new_max, pl)
+        return self
+
+    def _as_map(self, x: Any, name: str, floating: bool = False) -> torch.Tensor:
+        """A `(*shape)` real tensor on the accumulator's device (no copy when it is one)."""
+        if not (isinstance(x, torch.Tensor) and x.device == self.device):
+            x = to_tensor(x, device=self.device, name=name, keep_integer=not floating)
+        if tuple(x.shape) != self.shape or x.dtype == torch.bool or x.is_complex():
+            raise InputError(
+                f"{name} must be real numbers of the accumulator's shape {self.shape}, got "
+                f"{x.dtype} {tuple(x.shape)}"
+            )
+        return x
+
     def _prepare_payloads(
         self, payloads: Mapping[str, Any] | None, b: int
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:

@@ -1,10 +1,15 @@
 """2D template matching split into orientation chunks: Dask workers, checkpoints, resume.
 
 :func:`search2d` is :func:`corrscan.match2d.match_template` cut into tasks of orientation
-ranges (GLOBAL indices, aligned to the orientation batch). Each task returns the exact partial
-state of :mod:`corrscan.match2d.chunks`; states merge exactly, so the result is bit for bit
-the in-process ``match_template`` result **with the same** ``orientation_batch_size`` (the
-batch is the unit of the float32 batch sums; chunk boundaries are multiples of it).
+ranges (GLOBAL indices, aligned to the orientation batch). Each task runs
+:func:`corrscan.match2d.search.search_chunk` (the function ``match_template`` itself runs over
+all orientations) on a :func:`~corrscan.match2d.search.prepare_search` cached per worker
+process; states merge exactly (:func:`~corrscan.match2d.search.merge_states`), so the result
+is bit for bit the in-process ``match_template`` result **with the same**
+``orientation_batch_size`` (the batch is the unit of the float32 batch sums; chunk boundaries
+are multiples of it) on the same kind of device. On the CPU the job runs torch single-threaded
+in its preparation and workers, so the bits do not depend on the torch thread count of the
+caller or of the Dask workers.
 
 :func:`run_search2d` is the file-to-file step the CLI runs (``corrscan match2d search CONFIG
 --workers N | --scheduler ADDRESS``): it reads the inputs, searches with a checkpoint next to
@@ -24,7 +29,7 @@ from corrscan.core.checkpoint import Checkpoint, fingerprint
 from corrscan.distributed.batch import bundle_is_complete
 from corrscan.distributed.resume import checkpoint_path_for, client_for, load_progress, run_tasks
 from corrscan.errors import InputError, ResultExistsError
-from corrscan.match2d import chunks as _chunks
+from corrscan.match2d import search as _search
 from corrscan.match2d.config import (
     ComputeConfig,
     DefocusSearchConfig,
@@ -44,7 +49,7 @@ __all__ = [
 ]
 
 # one prepared search per worker process (keyed by the search fingerprint)
-_PREP_CACHE: dict[str, _chunks.Prepared2D] = {}
+_PREP_CACHE: dict[str, _search.PreparedSearch] = {}
 
 
 def _model(value: Any, cls: type, name: str) -> Any:
@@ -102,11 +107,11 @@ def search_fingerprint2d(
 
 def _prepared(
     key: str, micrograph: Any, template: Any, orientations: Any, kwargs: dict[str, Any]
-) -> _chunks.Prepared2D:
+) -> _search.PreparedSearch:
     prep = _PREP_CACHE.get(key)
     if prep is None:
         _PREP_CACHE.clear()
-        prep = _chunks.prepare_search(micrograph, template, orientations=orientations, **kwargs)
+        prep = _search.prepare_search(micrograph, template, orientations=orientations, **kwargs)
         _PREP_CACHE[key] = prep
     return prep
 
@@ -121,7 +126,7 @@ def _task(
     search_key: str,
 ) -> dict[str, Any]:
     prep = _prepared(search_key, micrograph, template, orientations, kwargs)
-    return _chunks.search_chunk(prep, int(task[0]), int(task[1]))
+    return _search.search_chunk(prep, int(task[0]), int(task[1]))
 
 
 def search2d(
@@ -194,7 +199,7 @@ def search2d(
     saved = load_progress(ckpt, required=("batch", "chunks"))
     if saved is not None:  # the resumed run uses the batches and chunks of the first run
         kwargs["compute"] = {**kwargs["compute"], "orientation_batch_size": int(saved["batch"])}
-    prep = _chunks.prepare_search(micrograph, template, orientations=orientations, **kwargs)
+    prep = _search.prepare_search(micrograph, template, orientations=orientations, **kwargs)
     kwargs["compute"] = {**kwargs["compute"], "orientation_batch_size": prep.batch}
     cache_key = f"{key}:batch={prep.batch}"  # a worker's cached preparation matches the batch
     with client_for(client, workers, scheduler) as cl:
@@ -205,14 +210,14 @@ def search2d(
             if nc is None and chunk_size is None and cl is not None:
                 n_workers = max(1, len(cl.scheduler_info().get("workers", {})) or (workers or 1))
                 nc = 4 * n_workers
-            tasks = _chunks.orientation_chunks(prep.n_orient, prep.batch, chunk_size, nc)
+            tasks = _search.orientation_chunks(prep.n_orient, prep.batch, chunk_size, nc)
         if cl is None:
             _PREP_CACHE.clear()
             _PREP_CACHE[cache_key] = prep
         state = run_tasks(
             tasks,
             _task,
-            _chunks.merge_states,
+            _search.merge_states,
             shared={
                 "micrograph": micrograph,
                 "template": template,
@@ -227,7 +232,7 @@ def search2d(
             description="match2d chunks",
             progress=progress,
         )
-    result = _chunks.finish(prep, state)
+    result = _search.finish(prep, state)
     result.metadata.update(
         {
             "distributed": {

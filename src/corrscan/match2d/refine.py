@@ -26,6 +26,7 @@ import torch
 from corrscan.core.arrays import resolve_device, to_tensor
 from corrscan.core.fourier import radial_power_spectrum, radial_profile_to_grid
 from corrscan.core.rotations import euler_to_matrix, matrix_to_euler
+from corrscan.core.threads import torch_threads
 from corrscan.errors import InputError
 from corrscan.match2d._templates import (
     central_slices,
@@ -211,21 +212,10 @@ class _RefineContext:
         }
 
 
-class _small_ops_threads:
+def _small_ops_threads(device: torch.device):
     """Run small tensor operations single-threaded on CPU (intra-op thread hand-offs cost
     more than they save on refinement-sized arrays); restores the thread count."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cpu = device.type == "cpu"
-        self.old = torch.get_num_threads()
-
-    def __enter__(self) -> None:
-        if self.cpu:
-            torch.set_num_threads(1)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.cpu:
-            torch.set_num_threads(self.old)
+    return torch_threads(1 if device.type == "cpu" else None)
 
 
 def _compose(base: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -437,49 +427,47 @@ def constrained_search(
     cut = gaussian_noise_zscore_cutoff(n_ccg, config.false_positives)
     c_vec = torch.tensor(config.center_vector, dtype=torch.float64)
     rows = []
-    guard = _small_ops_threads(dev)
-    guard.__enter__()
-    for _, p in reference_particles.iterrows():
-        base = torch.tensor([p["phi"], p["theta"], p["psi"]], dtype=torch.float64)
-        r_ref = euler_to_matrix(base)
-        shift = r_ref.T @ c_vec / px  # sample-frame offset, pixels (x, y, z)
-        rel = float(p.get("relative_defocus", 0.0)) + float(shift[2]) * px
-        centre_y = float(p["pos_y"]) + box // 2 + float(shift[1])
-        centre_x = float(p["pos_x"]) + box // 2 + float(shift[0])
-        corner = (round(centre_y) - box // 2, round(centre_x) - box // 2)
-        angles = matrix_to_euler(r_ref[None] @ off_r)
-        ctx.g = _shifted_filters(
-            ctx, optics, preprocessing, img, torch.tensor([rel]), torch.zeros(1)
-        )
-        res = ctx.score_particle(angles, corner, box_margin, mean_map, std_map)
-        k = int(
-            torch.argmin(
-                (
-                    angles
-                    - torch.tensor(
-                        [res["refined_phi"], res["refined_theta"], res["refined_psi"]],
-                        dtype=torch.float64,
-                    )
-                )
-                .abs()
-                .sum(-1)
+    with _small_ops_threads(dev):  # restored on errors too
+        for _, p in reference_particles.iterrows():
+            base = torch.tensor([p["phi"], p["theta"], p["psi"]], dtype=torch.float64)
+            r_ref = euler_to_matrix(base)
+            shift = r_ref.T @ c_vec / px  # sample-frame offset, pixels (x, y, z)
+            rel = float(p.get("relative_defocus", 0.0)) + float(shift[2]) * px
+            centre_y = float(p["pos_y"]) + box // 2 + float(shift[1])
+            centre_x = float(p["pos_x"]) + box // 2 + float(shift[0])
+            corner = (round(centre_y) - box // 2, round(centre_x) - box // 2)
+            angles = matrix_to_euler(r_ref[None] @ off_r)
+            ctx.g = _shifted_filters(
+                ctx, optics, preprocessing, img, torch.tensor([rel]), torch.zeros(1)
             )
-        )
-        oe = matrix_to_euler(off_r[k])
-        res["refined_relative_defocus"] = rel
-        res.pop("refined_pixel_size_offset", None)
-        res.update(
-            {
-                "original_offset_phi": float(oe[0]),
-                "original_offset_theta": float(oe[1]),
-                "original_offset_psi": float(oe[2]),
-                "axis_angle": float(alphas[k % len(alphas)]),
-                "z_score_cutoff": cut,
-                "passes_cutoff": res["refined_scaled_mip"] > cut,
-            }
-        )
-        rows.append(res)
-    guard.__exit__()
+            res = ctx.score_particle(angles, corner, box_margin, mean_map, std_map)
+            k = int(
+                torch.argmin(
+                    (
+                        angles
+                        - torch.tensor(
+                            [res["refined_phi"], res["refined_theta"], res["refined_psi"]],
+                            dtype=torch.float64,
+                        )
+                    )
+                    .abs()
+                    .sum(-1)
+                )
+            )
+            oe = matrix_to_euler(off_r[k])
+            res["refined_relative_defocus"] = rel
+            res.pop("refined_pixel_size_offset", None)
+            res.update(
+                {
+                    "original_offset_phi": float(oe[0]),
+                    "original_offset_theta": float(oe[1]),
+                    "original_offset_psi": float(oe[2]),
+                    "axis_angle": float(alphas[k % len(alphas)]),
+                    "z_score_cutoff": cut,
+                    "passes_cutoff": res["refined_scaled_mip"] > cut,
+                }
+            )
+            rows.append(res)
     out = reference_particles.copy().reset_index(drop=True)
     for c, v in pd.DataFrame(rows).items():
         out[c] = v.to_numpy()

@@ -28,6 +28,14 @@ Two orders of the same maths (``ComputeConfig.ctf_placement``):
   grid, back-transformed, edge-mean subtracted, normalised and zero-padded: one forward FFT per
   correlation. Use it to reproduce Leopard-EM's maps exactly (up to its quirk Q3).
 
+Structure: :func:`match_template` = :func:`prepare_search` (checks, cropping, whitening,
+filters, batch planning) + :func:`search_chunk` over all orientations + :func:`finish`. The
+distributed driver runs the same three functions on orientation ranges and merges the partial
+states with :func:`merge_states` (exact), so a chunked search equals the one-shot search bit
+for bit with the same orientation batch size. On the CPU the preparation and the workers run
+torch single-threaded (:func:`corrscan.core.threads.torch_threads`), so the bits do not depend
+on thread or worker counts either.
+
 Execution: orientations are projected in batches (size planned from free memory); each batch
 is correlated in small chunks (``chunk_orientations`` x all defocus planes) so a chunk's
 spectra and maps stay in cache on CPU; every chunk is reduced over its items (max, sum, sum of
@@ -38,6 +46,7 @@ over the valid region when ``valid_crop`` (Leopard-EM accumulates the full map, 
 
 from __future__ import annotations
 
+import functools
 import math
 import queue
 import threading
@@ -57,7 +66,8 @@ from corrscan.core.arrays import (
 from corrscan.core.ctf import ctf_2d
 from corrscan.core.progress import track
 from corrscan.core.rotations import euler_to_matrix
-from corrscan.core.stats import MomentAccumulator
+from corrscan.core.stats import MaxAccumulator, MomentAccumulator
+from corrscan.core.threads import torch_threads
 from corrscan.errors import InputError
 from corrscan.match2d._templates import (
     PreparedTemplate,
@@ -81,7 +91,21 @@ from corrscan.match2d.preprocess import (
 )
 from corrscan.match2d.result import MatchTemplateResult
 
-__all__ = ["SearchPlan", "match_template", "template_filters"]
+__all__ = [
+    "STATE_FORMAT",
+    "PreparedSearch",
+    "SearchPlan",
+    "empty_state",
+    "finish",
+    "match_template",
+    "merge_states",
+    "orientation_chunks",
+    "prepare_search",
+    "search_chunk",
+    "template_filters",
+]
+
+STATE_FORMAT = "corrscan.match2d.partial/2"
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,8 +169,9 @@ class _FusedState:
     :meth:`update` takes a chunk of full correlation maps `(n, H, W)` (contiguous), scales
     them, reduces the chunk over its items (max; sum and sum of squares as matrix-vector
     products, which read each map once), and only then folds the chunk maxima into the
-    valid-region MIP (ties keep the earlier item) and the batch sums; :meth:`flush` moves the
-    batch sums of the valid region into the exact :class:`MomentAccumulator`.
+    valid-region :class:`~corrscan.core.stats.MaxAccumulator` (payload ``index``, the global
+    item; ties keep the smaller index) and the batch sums; :meth:`flush` moves the batch sums
+    of the valid region into the exact :class:`MomentAccumulator`.
     """
 
     def __init__(
@@ -156,8 +181,14 @@ class _FusedState:
         self.shape = valid_shape
         self.device = device
         n_pix = image_shape[0] * image_shape[1]
-        self.mip = torch.full(valid_shape, -math.inf, device=device)
-        self.index = torch.full(valid_shape, -1, dtype=torch.int64, device=device)
+        self.best = MaxAccumulator(valid_shape, ("index",), device=device)
+        # winning item of the chunk; only read where the chunk reaches the stored maximum
+        self._arg_buf = torch.zeros(valid_shape, dtype=torch.int64, device=device)
+        # flat index in the full map of each valid-region pixel (None: the same grid)
+        self._pix = None
+        if valid_shape != image_shape:
+            iy = torch.arange(valid_shape[0], device=device)[:, None] * image_shape[1]
+            self._pix = (iy + torch.arange(valid_shape[1], device=device)).reshape(-1)
         self.s1 = torch.zeros(1, n_pix, device=device)
         self.s2 = torch.zeros(1, n_pix, device=device)
         self._ones = torch.ones(1, 1, device=device)
@@ -166,7 +197,11 @@ class _FusedState:
         self._sync_free = device.type == "cuda"
 
     def update(
-        self, maps: torch.Tensor, item_index: torch.Tensor, scale: torch.Tensor | None = None
+        self,
+        maps: torch.Tensor,
+        item_index: torch.Tensor,
+        scale: torch.Tensor | None = None,
+        order: torch.Tensor | None = None,
     ) -> None:
         """Fold a chunk into the state (``maps`` is modified in place).
 
@@ -178,6 +213,8 @@ class _FusedState:
             `(n,)` int64 global search index of each map.
         scale
             Optional `(n,)` factors applied to the maps first (noise normalisation).
+        order
+            `(n,)` positions that sort ``item_index`` ascending (``None``: already sorted).
         """
         n = maps.shape[0]
         h, w = self.image_shape
@@ -187,24 +224,27 @@ class _FusedState:
             flat.mul_(scale[:, None])
         if self._ones.shape[1] != n:
             self._ones = torch.ones(1, n, device=self.device)
-        m = flat.amax(0).view(h, w)[:hv, :wv]
-        better = m > self.mip
+        # maximum over the chunk of the valid region only (contiguous `(hv, wv)`)
+        m = maps[:, :hv, :wv].amax(0) if (hv, wv) != (h, w) else flat.amax(0).view(h, w)
+        cand = None
         if self._sync_free:
+            # GPUs: no host synchronisation and no reordering copy of the chunk; exact ties
+            # between defocus planes inside one chunk keep the earlier plane
             arg = flat.argmax(0).view(h, w)[:hv, :wv]
-            self.index = torch.where(better, item_index[arg], self.index)
-            torch.maximum(self.mip, m, out=self.mip)
+            self._arg_buf = item_index[arg]
         else:
-            sel = better.view(-1).nonzero().squeeze(1) if (hv, wv) == (h, w) else None
-            if sel is None:
-                iy, ix = better.nonzero(as_tuple=True)
-                if iy.numel():
-                    arg = flat[:, iy * w + ix].argmax(0)
-                    self.index[iy, ix] = item_index[arg]
-                    self.mip[iy, ix] = m[iy, ix]
-            elif sel.numel():
-                arg = flat[:, sel].argmax(0)
-                self.index.view(-1)[sel] = item_index[arg]
-                self.mip.view(-1)[sel] = m.reshape(-1)[sel]
+            # the argmax is only needed where the chunk reaches the stored maximum (ties
+            # included); both branches read the items in ascending global index
+            cand = (m >= self.best.max).view(-1).nonzero().squeeze(1)
+            items = item_index if order is None else item_index[order]
+            if cand.numel() * 3 > m.numel():  # dense (the first chunks): full argmax
+                src = flat if order is None else flat.index_select(0, order)
+                self._arg_buf.copy_(items[src.argmax(0).view(h, w)[:hv, :wv]])
+            elif cand.numel():
+                pix = cand if self._pix is None else self._pix[cand]
+                sub = flat[:, pix] if order is None else flat[:, pix].index_select(0, order)
+                self._arg_buf.view(-1)[cand] = items[sub.argmax(0)]
+        self.best.update_reduced(m, {"index": self._arg_buf}, candidates=cand)
         self.s1.addmm_(self._ones, flat)
         flat.square_()
         self.s2.addmm_(self._ones, flat)
@@ -222,21 +262,14 @@ class _FusedState:
             self.s2.zero_()
             self.pending = 0
 
-    def merge(self, other: _FusedState) -> _FusedState:
-        """Fold another worker's state into this one (max with smaller-index ties; exact sums)."""
+    def state(self) -> dict[str, Any]:
+        """Plain-data partial state on the CPU (see :func:`search_chunk`)."""
         self.flush()
-        other.flush()
-        omip = other.mip.to(self.device)
-        oidx = other.index.to(self.device)
-        better = (omip > self.mip) | ((omip == self.mip) & (oidx < self.index) & (oidx >= 0))
-        self.mip = torch.where(better, omip, self.mip)
-        self.index = torch.where(better, oidx, self.index)
-        if other.moments.count:
-            om = other.moments
-            if om.device != self.device:
-                om = MomentAccumulator.from_state_dict(om.state_dict(), device=self.device)
-            self.moments.merge(om)
-        return self
+        return {
+            "format": STATE_FORMAT,
+            "max": self.best.state_dict(),
+            "moments": self.moments.state_dict(),
+        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,7 +362,9 @@ def _correlate_batch(plan: SearchPlan, state: _FusedState, start: int, stop: int
             cc = torch.fft.irfft2(spec, s=(h_img, w_img))
             o_idx = torch.arange(start + c0, start + c1, device=dev, dtype=torch.int64)
             item = (o_idx[None, :] * n_def + d_idx[:, None]).reshape(-1)
-            state.update(cc.view(-1, h_img, w_img), item, inv.reshape(-1))
+            state.update(
+                cc.view(-1, h_img, w_img), item, inv.reshape(-1), _item_order(n_def, c1 - c0, dev)
+            )
     else:
         for c0 in range(0, stop - start, plan.chunk):
             c1 = min(c0 + plan.chunk, stop - start)
@@ -344,7 +379,16 @@ def _correlate_batch(plan: SearchPlan, state: _FusedState, start: int, stop: int
             cc = torch.fft.irfft2(spec, s=(h_img, w_img))
             o_idx = torch.arange(start + c0, start + c1, device=dev, dtype=torch.int64)
             item = (o_idx[None, :] * n_def + d_idx[:, None]).reshape(-1)
-            state.update(cc.view(-1, h_img, w_img), item)
+            state.update(cc.view(-1, h_img, w_img), item, None, _item_order(n_def, c1 - c0, dev))
+
+
+@functools.lru_cache(maxsize=64)
+def _item_order(n_def: int, c: int, device: torch.device) -> torch.Tensor | None:
+    """Positions that sort a chunk's items ascending: the maps are laid out `(n_def, c)`
+    (defocus-major), the global items ``o * n_def + d`` ascend orientation-major."""
+    if c == 1 or n_def == 1:
+        return None
+    return torch.arange(n_def * c, device=device).view(n_def, c).T.reshape(-1)
 
 
 def _lag_indices(shape: tuple[int, int], box: int, device: torch.device) -> torch.Tensor:
@@ -424,7 +468,48 @@ def _cropped_sizes(box: int, shape: tuple[int, int], factor: float) -> tuple[int
     return k0, (max(k0, round(shape[0] * f)), max(k0, round(shape[1] * f)))
 
 
-def match_template(
+@dataclass
+class PreparedSearch:
+    """A prepared 2D search: everything :func:`search_chunk` and :func:`finish` need.
+
+    Attributes
+    ----------
+    plan
+        Precomputed inputs (whitened spectrum, filters, prepared template, angles).
+    batch
+        Orientations per batch: the unit of the float32 batch sums, so chunks start at
+        multiples of it (:func:`orientation_chunks`).
+    workers
+        Devices of the in-process workers (one entry per CPU worker thread or GPU).
+    n_orient, n_defocus
+        Sizes of the search space; ``angles`` `(n_orient, 3)` float64 degrees, ``defocus``
+        `(n_defocus,)` Å offsets.
+    meta
+        Values for the result metadata (pixel size scale, batch, chunk, ...).
+    """
+
+    plan: SearchPlan
+    batch: int
+    workers: list[torch.device]
+    n_orient: int
+    n_defocus: int
+    angles: torch.Tensor
+    defocus: torch.Tensor
+    optics: OpticsGroup
+    pixel_size: float
+    box: int
+    valid_crop: bool
+    image_shape: tuple[int, int]
+    meta: dict[str, Any] = field(default_factory=dict)
+    configs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_correlations(self) -> int:
+        """Number of correlation maps of the whole search."""
+        return self.n_orient * self.n_defocus
+
+
+def prepare_search(
     micrograph: Any,
     template: Any,
     *,
@@ -436,50 +521,16 @@ def match_template(
     compute: ComputeConfig | dict | None = None,
     valid_crop: bool = True,
     resolution_limit: float | None = None,
-    progress: bool | None = None,
-    config: dict | None = None,
-) -> MatchTemplateResult:
-    """Search a micrograph for every orientation x defocus of a 3D template.
+) -> PreparedSearch:
+    """Check the inputs and precompute everything the search needs (the first step of
+    :func:`match_template`; same arguments, see there).
 
-    Parameters
-    ----------
-    micrograph
-        `(H, W)` image (NumPy/CuPy/torch), pixel size ``optics.pixel_size``.
-    template
-        `(D, D, D)` map at the same pixel size; positive density (protein bright). Its centre
-        is voxel ``D // 2``.
-    optics
-        :class:`OpticsGroup` (pixel size Å, kV, C_s mm, amplitude contrast, phase shift,
-        defocus U/V Å, astigmatism angle °, B-factor Å²).
-    defocus_search
-        :class:`DefocusSearchConfig`: offsets relative to ``(U + V) / 2`` (0 always included).
-    orientation_search
-        :class:`OrientationSearchConfig` (psi/theta steps, base grid, symmetry or ranges).
-    orientations
-        Explicit `(n, 3)` ``(phi, theta, psi)`` degrees; overrides ``orientation_search``.
-    preprocessing
-        :class:`PreprocessingFilters` (whitening from the micrograph, band-pass, any curve).
-    compute
-        :class:`ComputeConfig` (devices, batch sizes, threads, CTF placement, oversampling).
-    valid_crop
-        Keep only positions where the whole box fits: maps are `(H - D + 1, W - D + 1)` and
-        statistics are accumulated only there. Else maps are the full circular `(H, W)`.
-    resolution_limit
-        Å. Fourier-crop micrograph and template so that Nyquist is ``1 / resolution_limit``
-        before searching (faster; maps come at the coarser pixel size ``result.pixel_size``).
-    progress
-        Show a progress bar (CCG/s); ``None`` decides from the terminal.
-    config
-        Stored in the result's metadata as given (the CLI passes the YAML config).
-
-    Returns
-    -------
-    MatchTemplateResult
-        Maps ``mip``, ``scaled_mip``, ``correlation_mean``, ``correlation_variance``,
-        ``correlation_std``, ``phi``, ``theta``, ``psi``, ``relative_defocus`` `(H', W')`
-        plus totals, the configuration and timings.
+    Returns a :class:`PreparedSearch`; run orientation ranges with :func:`search_chunk`,
+    merge their states with :func:`merge_states` and build the result with :func:`finish`.
+    The orientation batch is ``compute.orientation_batch_size`` when given, else planned from
+    free memory (and the number of workers): pass it explicitly to get the same batches, hence
+    the same bits, in another process.
     """
-    t_start = time.perf_counter()
     optics = _as_model(optics, OpticsGroup, "optics")
     defocus_search = _as_model(defocus_search, DefocusSearchConfig, "defocus_search")
     orientation_search = _as_model(
@@ -489,6 +540,35 @@ def match_template(
     compute = _as_model(compute, ComputeConfig, "compute")
 
     devices = [resolve_device(d) for d in compute.devices()]
+    # the preparation's FFTs and GEMMs round differently with other thread counts: on the
+    # CPU they run single-threaded like the search, so every process gets the same bits
+    caller_threads = torch.get_num_threads()  # default number of CPU worker threads
+    with torch_threads(1 if devices[0].type == "cpu" else None):
+        return _prepare(
+            micrograph, template, caller_threads=caller_threads, optics=optics,
+            defocus_search=defocus_search,
+            orientation_search=orientation_search, orientations=orientations,
+            preprocessing=preprocessing, compute=compute, devices=devices,
+            valid_crop=valid_crop, resolution_limit=resolution_limit,
+        )  # fmt: skip
+
+
+def _prepare(
+    micrograph: Any,
+    template: Any,
+    *,
+    optics: OpticsGroup,
+    defocus_search: DefocusSearchConfig,
+    orientation_search: OrientationSearchConfig,
+    orientations: Any,
+    preprocessing: PreprocessingFilters,
+    compute: ComputeConfig,
+    devices: list[torch.device],
+    caller_threads: int,
+    valid_crop: bool,
+    resolution_limit: float | None,
+) -> PreparedSearch:
+    """Body of :func:`prepare_search` (validated config models; thread count fixed)."""
     dev0 = devices[0]
     img = to_tensor(micrograph, name="micrograph").to(torch.float32)
     vol = to_tensor(template, name="template").to(torch.float32)
@@ -532,12 +612,18 @@ def match_template(
     if orientations is not None:
         angles = to_tensor(orientations, name="orientations").to(torch.float64).reshape(-1, 3)
         if angles.shape[0] == 0:
-            raise InputError("orientations is empty")
+            raise InputError("orientations is empty: give at least one (phi, theta, psi) row")
     else:
         angles = orientation_search.angles().to(torch.float64)
+        if angles.shape[0] == 0:
+            raise InputError(
+                "orientation_search gives no orientations: widen the angle ranges or the steps"
+            )
     defocus = defocus_search.values()
     n_def = int(defocus.numel())
     n_orient = int(angles.shape[0])
+    if n_def == 0:
+        raise InputError("defocus_search gives no defocus values: check defocus_min/max/step")
 
     # --- preprocessing (once) ---
     img_d = img.to(dev0)
@@ -586,20 +672,20 @@ def match_template(
     if cpu:
         # CPU: independent worker threads with single-threaded torch ops (no intra-op
         # synchronisation per operation), partial states merged exactly at the end
-        n_workers = compute.num_threads or max(1, torch.get_num_threads())
+        n_workers = compute.num_threads or max(1, caller_threads)
     workers: list[torch.device] = []
     for d in devices:
         workers += [d] * (n_workers if d.type == "cpu" else 1)
     fixed = _chunk_bytes((h_img, w_img), n_def, chunk) * len(workers)
     per_orient = _bytes_per_orientation((h_img, w_img), tpl.padded_size, n_def, chunk)
     if compute.orientation_batch_size:
-        batch = compute.orientation_batch_size
+        batch = compute.orientation_batch_size  # an explicit batch is kept (chunk <= batch)
     else:
         batch = plan_batch_size(
             per_orient, device=dev0, fixed_bytes=fixed, fraction=0.4, max_batch=256, min_batch=1
         )
-    if cpu:
-        batch = max(chunk, min(batch, 64))
+        if cpu:
+            batch = max(chunk, min(batch, 64))
     batch = max(1, min(batch, n_orient))
     chunk = min(chunk, batch)
 
@@ -617,168 +703,156 @@ def match_template(
         device=dev0,
         extras=extras,
     )
-    t_prep = time.perf_counter()
-
-    bounds = [(s, min(s + batch, n_orient)) for s in range(0, n_orient, batch)]
-    states = _run_workers(plan, workers, bounds, n_def, progress)
-    state = states[0]
-    for other in states[1:]:
-        state.merge(other)
-    state.flush()
-    t_search = time.perf_counter()
-
-    result = _finish(
-        state,
+    meta = {
+        "resolution_limit": resolution_limit,
+        "scale_to_input": scale,
+        "input_pixel_size": float(optics.pixel_size),
+        "orientation_batch_size": batch,
+        "chunk_orientations": chunk,
+        "workers": [str(w) for w in workers],
+        "ctf_placement": compute.ctf_placement,
+        "template_oversampling": compute.template_oversampling,
+    }
+    configs = {
+        "optics_group": optics.model_dump(mode="json"),
+        "defocus_search_config": defocus_search.model_dump(mode="json"),
+        "orientation_search_config": orientation_search.model_dump(mode="json")
+        if orientations is None
+        else {"explicit_orientations": n_orient},
+        "preprocessing_filters": preprocessing.model_dump(mode="json"),
+        "computational_config": compute.model_dump(mode="json"),
+        "valid_crop": valid_crop,
+    }
+    return PreparedSearch(
+        plan=plan,
+        batch=batch,
+        workers=workers,
+        n_orient=n_orient,
+        n_defocus=n_def,
         angles=angles,
         defocus=defocus,
-        n_orient=n_orient,
         optics=optics,
         pixel_size=pixel_size,
         box=box,
         valid_crop=valid_crop,
         image_shape=(h_img, w_img),
+        meta=meta,
+        configs=configs,
     )
-    result.metadata.update(
-        {
-            "resolution_limit": resolution_limit,
-            "scale_to_input": scale,
-            "input_pixel_size": float(optics.pixel_size),
-            "orientation_batch_size": batch,
-            "chunk_orientations": chunk,
-            "workers": [str(w) for w in workers],
-            "ctf_placement": compute.ctf_placement,
-            "template_oversampling": compute.template_oversampling,
-            "config": config
-            if config is not None
-            else {
-                "optics_group": optics.model_dump(mode="json"),
-                "defocus_search_config": defocus_search.model_dump(mode="json"),
-                "orientation_search_config": orientation_search.model_dump(mode="json")
-                if orientations is None
-                else {"explicit_orientations": n_orient},
-                "preprocessing_filters": preprocessing.model_dump(mode="json"),
-                "computational_config": compute.model_dump(mode="json"),
-                "valid_crop": valid_crop,
-            },
-        }
-    )
-    n_ccg = n_orient * n_def
-    t_end = time.perf_counter()
-    result.metadata["timings"] = {
-        "preprocess_s": t_prep - t_start,
-        "search_s": t_search - t_prep,
-        "total_s": t_end - t_start,
-        "ccg_per_s": n_ccg / max(t_search - t_prep, 1e-9),
-    }
-    return result
 
 
-def _run_workers(
-    plan: SearchPlan,
-    workers: list[torch.device],
-    bounds: list[tuple[int, int]],
-    n_def: int,
-    progress: bool | None,
-) -> list[_FusedState]:
-    """Run the batches on the workers (threads; dynamic queue) and return their states."""
-    n_items = sum(b - a for a, b in bounds) * n_def
-    if len(workers) == 1:
-        state = _FusedState(plan.image_shape, plan.valid_shape, plan.device)
-        per_batch = (bounds[0][1] - bounds[0][0]) * n_def
-        for a, b in track(
-            bounds,
-            total=n_items,
-            description="match2d search",
-            unit="CCG",
-            scale=per_batch,
-            enabled=progress,
-        ):
-            _correlate_batch(plan, state, a, b)
-            state.flush()
-        return [state]
+def orientation_chunks(
+    n_orient: int, batch: int, chunk_size: int | None = None, n_chunks: int | None = None
+) -> list[tuple[int, int]]:
+    """Orientation index ranges ``[(start, stop), ...]`` aligned to ``batch``.
 
-    work: queue.Queue[tuple[int, int] | None] = queue.Queue()
-    for bd in bounds:
-        work.put(bd)
-    for _ in workers:
-        work.put(None)
-    done: queue.Queue[tuple[int, BaseException | None]] = queue.Queue()
-    plans = {d: plan.to(d) for d in set(workers)}
-    states = [_FusedState(plan.image_shape, plan.valid_shape, d) for d in workers]
-    cpu_workers = sum(1 for d in workers if d.type == "cpu")
-    old_threads = torch.get_num_threads()
-    if cpu_workers > 1:
-        torch.set_num_threads(1)
-
-    def loop(i: int) -> None:
-        dev = workers[i]
-        p = plans[dev]
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        try:
-            while True:
-                bd = work.get()
-                if bd is None:
-                    break
-                _correlate_batch(p, states[i], *bd)
-                states[i].flush()
-                done.put(((bd[1] - bd[0]) * n_def, None))
-        except BaseException as exc:  # pragma: no cover - reported below
-            done.put((0, exc))
-
-    threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(len(workers))]
-    try:
-        for t in threads:
-            t.start()
-
-        def events():
-            remaining = len(bounds)
-            while remaining:
-                n, exc = done.get()
-                if exc is not None:
-                    raise exc
-                remaining -= 1
-                yield n
-
-        per_batch = (bounds[0][1] - bounds[0][0]) * n_def
-        for _ in track(
-            events(),
-            total=n_items,
-            description="match2d search",
-            unit="CCG",
-            scale=per_batch,
-            enabled=progress,
-        ):
-            pass
-        for t in threads:
-            t.join()
-    finally:
-        if cpu_workers > 1:
-            torch.set_num_threads(old_threads)
-    return states
+    ``chunk_size`` (orientations per chunk) is rounded up to a multiple of ``batch``; with
+    ``n_chunks`` instead, the chunk size is ``ceil(n_orient / n_chunks)`` rounded the same way
+    (so there may be fewer chunks). Default: one batch per chunk.
+    """
+    if n_orient < 1:
+        raise InputError("the orientation search space is empty: nothing to search")
+    if batch < 1:
+        raise InputError(f"batch must be >= 1, got {batch}")
+    if chunk_size is not None and n_chunks is not None:
+        raise InputError("give chunk_size or n_chunks, not both")
+    if n_chunks is not None:
+        if n_chunks < 1:
+            raise InputError(f"n_chunks must be >= 1, got {n_chunks}")
+        chunk_size = math.ceil(n_orient / n_chunks)
+    size = batch if chunk_size is None else int(chunk_size)
+    if size < 1:
+        raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
+    size = math.ceil(size / batch) * batch
+    return [(s, min(s + size, n_orient)) for s in range(0, n_orient, size)]
 
 
-def _finish(
-    state: _FusedState,
-    *,
-    angles: torch.Tensor,
-    defocus: torch.Tensor,
-    n_orient: int,
-    optics: OpticsGroup,
-    pixel_size: float,
-    box: int,
-    valid_crop: bool,
-    image_shape: tuple[int, int],
-) -> MatchTemplateResult:
-    """Decode the winning indices and build the result maps (float32, CPU)."""
-    n_def = int(defocus.numel())
-    mip = state.mip.cpu()
-    idx = state.index.cpu().clamp_min(0)
+def search_chunk(
+    prepared: PreparedSearch, start: int, stop: int, *, progress: bool | None = False
+) -> dict[str, Any]:
+    """Search orientations ``[start, stop)`` x every defocus; return the partial state.
+
+    The batches of the range run on the prepared workers (CPU worker threads with
+    single-threaded torch ops, or GPUs), each worker folding into its own state, and the
+    workers' states are merged exactly. ``start`` must be a multiple of ``prepared.batch``
+    (:func:`orientation_chunks`): the range then runs exactly the batches of the one-shot
+    search, and the batch sums fold into the exact moment accumulator once per batch, so the
+    merged states of any split equal the one-shot state bit for bit, whatever the number of
+    workers or processes (on the CPU every worker runs torch single-threaded).
+
+    Returns
+    -------
+    dict
+        ``{"format", "max": MaxAccumulator state (MIP and payload ``index`` = global item
+        ``orientation * n_defocus + defocus``), "moments": MomentAccumulator state}``, on
+        the CPU.
+    """
+    if not (0 <= start < stop <= prepared.n_orient):
+        raise InputError(f"orientation range [{start}, {stop}) outside [0, {prepared.n_orient})")
+    if start % prepared.batch:
+        raise InputError(
+            f"chunk start {start} is not a multiple of the batch size {prepared.batch}: use "
+            "orientation_chunks() so that chunks run exactly the one-shot batches"
+        )
+    bounds = [(a, min(a + prepared.batch, stop)) for a in range(start, stop, prepared.batch)]
+    cpu = any(d.type == "cpu" for d in prepared.workers)
+    with torch_threads(1 if cpu else None):  # small ops: no intra-op threads (see threads)
+        states = _run_workers(prepared, bounds, progress)
+        merged = states[0].state()
+        for other in states[1:]:
+            merged = merge_states(merged, other.state())
+    return merged
+
+
+def empty_state(prepared: PreparedSearch) -> dict[str, Any]:
+    """State of a search that has seen nothing yet (neutral element of :func:`merge_states`)."""
+    return _FusedState(prepared.image_shape, prepared.plan.valid_shape, torch.device("cpu")).state()
+
+
+def _check_state(state: Any) -> None:
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise InputError(
+            "not a match2d partial state (format mismatch): it must come from search_chunk"
+        )
+
+
+def merge_states(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Exact merge of two partial states (new dict; inputs are not modified).
+
+    The maximum keeps the smaller global index on ties (so the order of merges does not
+    matter); moments add exactly (:meth:`MomentAccumulator.merge`).
+    """
+    _check_state(a)
+    _check_state(b)
+    ma = MaxAccumulator.from_state_dict(a["max"], device="cpu")
+    mb = MaxAccumulator.from_state_dict(b["max"], device="cpu")
+    if ma.shape != mb.shape:
+        raise InputError(f"cannot merge match2d states of shapes {ma.shape} and {mb.shape}")
+    mo = MomentAccumulator.from_state_dict(a["moments"], device="cpu")
+    mo.merge(MomentAccumulator.from_state_dict(b["moments"], device="cpu"))
+    return {"format": STATE_FORMAT, "max": ma.merge(mb).state_dict(), "moments": mo.state_dict()}
+
+
+def finish(prepared: PreparedSearch, state: dict[str, Any]) -> MatchTemplateResult:
+    """Decode a complete merged state (every orientation searched once) into the result maps
+    (float32, CPU) with totals and the preparation's metadata."""
+    _check_state(state)
+    best = MaxAccumulator.from_state_dict(state["max"], device="cpu")
+    moments = MomentAccumulator.from_state_dict(state["moments"], device="cpu")
+    if moments.count != prepared.n_correlations:
+        raise InputError(
+            f"the merged state covers {moments.count} of {prepared.n_correlations} "
+            "correlations: some chunks are missing"
+        )
+    defocus = prepared.defocus
+    n_def = prepared.n_defocus
+    mip = best.max
+    idx = best.payloads["index"]
     o = idx // n_def
     d = idx % n_def
-    ang = angles.cpu().to(torch.float32)
-    mean = state.moments.mean.cpu()
-    var = state.moments.variance.cpu()
+    ang = prepared.angles.cpu().to(torch.float32)
+    mean = moments.mean.cpu()
+    var = moments.variance.cpu()
     std = var.sqrt()
     z = torch.where(std > 0, (mip.double() - mean) / std.clamp_min(1e-300), torch.zeros_like(mean))
     maps = {
@@ -792,20 +866,186 @@ def _finish(
         "psi": ang[o, 2],
         "relative_defocus": defocus.to(torch.float32)[d],
     }
+    optics = prepared.optics
     meta = {
-        "total_orientations": n_orient,
+        "total_orientations": prepared.n_orient,
         "total_defocus": n_def,
-        "total_projections": n_orient * n_def,
-        "total_correlations": n_orient * n_def,
+        "total_projections": prepared.n_correlations,
+        "total_correlations": prepared.n_correlations,
         "defocus_values": [float(v) for v in defocus],
-        "pixel_size": pixel_size,
-        "template_box": box,
-        "valid_crop": valid_crop,
-        "image_shape": list(image_shape),
+        "pixel_size": prepared.pixel_size,
+        "template_box": prepared.box,
+        "valid_crop": prepared.valid_crop,
+        "image_shape": list(prepared.image_shape),
         "map_shape": list(mip.shape),
         "position_convention": "map pixel (i, j) = top-left corner of the template box; "
         "particle centre = (i, j) + box // 2",
         "mean_defocus": optics.mean_defocus,
         "optics_group": optics.model_dump(mode="json"),
     }
+    meta.update(prepared.meta)
     return MatchTemplateResult(maps=maps, metadata=meta)
+
+
+def match_template(
+    micrograph: Any,
+    template: Any,
+    *,
+    optics: OpticsGroup | dict,
+    defocus_search: DefocusSearchConfig | dict | None = None,
+    orientation_search: OrientationSearchConfig | dict | None = None,
+    orientations: Any = None,
+    preprocessing: PreprocessingFilters | dict | None = None,
+    compute: ComputeConfig | dict | None = None,
+    valid_crop: bool = True,
+    resolution_limit: float | None = None,
+    progress: bool | None = None,
+    config: dict | None = None,
+) -> MatchTemplateResult:
+    """Search a micrograph for every orientation x defocus of a 3D template.
+
+    ``prepare_search`` + ``search_chunk`` over all orientations + ``finish``.
+
+    Parameters
+    ----------
+    micrograph
+        `(H, W)` image (NumPy/CuPy/torch), pixel size ``optics.pixel_size``.
+    template
+        `(D, D, D)` map at the same pixel size; positive density (protein bright). Its centre
+        is voxel ``D // 2``.
+    optics
+        :class:`OpticsGroup` (pixel size Å, kV, C_s mm, amplitude contrast, phase shift,
+        defocus U/V Å, astigmatism angle °, B-factor Å²).
+    defocus_search
+        :class:`DefocusSearchConfig`: offsets relative to ``(U + V) / 2`` (0 always included).
+    orientation_search
+        :class:`OrientationSearchConfig` (psi/theta steps, base grid, symmetry or ranges).
+    orientations
+        Explicit `(n, 3)` ``(phi, theta, psi)`` degrees; overrides ``orientation_search``.
+    preprocessing
+        :class:`PreprocessingFilters` (whitening from the micrograph, band-pass, any curve).
+    compute
+        :class:`ComputeConfig` (devices, batch sizes, threads, CTF placement, oversampling).
+    valid_crop
+        Keep only positions where the whole box fits: maps are `(H - D + 1, W - D + 1)` and
+        statistics are accumulated only there. Else maps are the full circular `(H, W)`.
+    resolution_limit
+        Å. Fourier-crop micrograph and template so that Nyquist is ``1 / resolution_limit``
+        before searching (faster; maps come at the coarser pixel size ``result.pixel_size``).
+    progress
+        Show a progress bar (CCG/s); ``None`` decides from the terminal.
+    config
+        Stored in the result's metadata as given (the CLI passes the YAML config).
+
+    Returns
+    -------
+    MatchTemplateResult
+        Maps ``mip``, ``scaled_mip``, ``correlation_mean``, ``correlation_variance``,
+        ``correlation_std``, ``phi``, ``theta``, ``psi``, ``relative_defocus`` `(H', W')`
+        plus totals, the configuration and timings.
+    """
+    t_start = time.perf_counter()
+    prepared = prepare_search(
+        micrograph, template, optics=optics, defocus_search=defocus_search,
+        orientation_search=orientation_search, orientations=orientations,
+        preprocessing=preprocessing, compute=compute, valid_crop=valid_crop,
+        resolution_limit=resolution_limit,
+    )  # fmt: skip
+    t_prep = time.perf_counter()
+    state = search_chunk(prepared, 0, prepared.n_orient, progress=progress)
+    t_search = time.perf_counter()
+    result = finish(prepared, state)
+    result.metadata["config"] = config if config is not None else prepared.configs
+    t_end = time.perf_counter()
+    result.metadata["timings"] = {
+        "preprocess_s": t_prep - t_start,
+        "search_s": t_search - t_prep,
+        "total_s": t_end - t_start,
+        "ccg_per_s": prepared.n_correlations / max(t_search - t_prep, 1e-9),
+    }
+    return result
+
+
+def _run_workers(
+    prepared: PreparedSearch, bounds: list[tuple[int, int]], progress: bool | None
+) -> list[_FusedState]:
+    """Run the batches on the workers and return their states (flushed after every batch).
+
+    One worker: in this thread. Several: threads pulling batches from a queue. On the CPU the
+    torch ops run single-threaded (:func:`corrscan.core.threads.torch_threads`) in any case,
+    so the bits do not depend on the number of workers or on the caller's thread count.
+    """
+    plan = prepared.plan
+    n_def = prepared.n_defocus
+    workers = prepared.workers[: max(1, len(bounds))]
+    n_items = sum(b - a for a, b in bounds) * n_def
+    any_cpu = any(d.type == "cpu" for d in workers)
+    bar = dict(
+        total=n_items, description="match2d search", unit="CCG", enabled=progress,
+        advance=lambda n: n,
+    )  # fmt: skip
+    with torch_threads(1 if any_cpu else None):
+        if len(workers) == 1:
+            dev = workers[0]
+            p = plan.to(dev)
+            state = _FusedState(plan.image_shape, plan.valid_shape, dev)
+
+            def batches():
+                for a, b in bounds:
+                    _correlate_batch(p, state, a, b)
+                    state.flush()
+                    yield (b - a) * n_def
+
+            for _ in track(batches(), **bar):
+                pass
+            return [state]
+
+        work: queue.Queue[tuple[int, int] | None] = queue.Queue()
+        for bd in bounds:
+            work.put(bd)
+        for _ in workers:
+            work.put(None)
+        done: queue.Queue[tuple[int, BaseException | None]] = queue.Queue()
+        plans = {d: plan.to(d) for d in set(workers)}
+        states = [_FusedState(plan.image_shape, plan.valid_shape, d) for d in workers]
+        stop = threading.Event()
+
+        def loop(i: int) -> None:
+            dev = workers[i]
+            p = plans[dev]
+            if dev.type == "cuda":
+                torch.cuda.set_device(dev)
+            try:
+                while not stop.is_set():
+                    bd = work.get()
+                    if bd is None:
+                        break
+                    _correlate_batch(p, states[i], *bd)
+                    states[i].flush()
+                    done.put(((bd[1] - bd[0]) * n_def, None))
+            except BaseException as exc:  # reported by the main thread
+                done.put((0, exc))
+
+        threads = [
+            threading.Thread(target=loop, args=(i,), daemon=True) for i in range(len(workers))
+        ]
+        for t in threads:
+            t.start()
+
+        def events():
+            remaining = len(bounds)
+            while remaining:
+                n, exc = done.get()
+                if exc is not None:
+                    raise exc
+                remaining -= 1
+                yield n
+
+        try:
+            for _ in track(events(), **bar):
+                pass
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        return states
