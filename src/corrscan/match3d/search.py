@@ -27,7 +27,6 @@ different box sizes).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import queue
@@ -44,6 +43,7 @@ import torch
 from corrscan.core.arrays import as_numpy, check_finite, free_memory_bytes, resolve_device
 from corrscan.core.fourier import next_fast_len
 from corrscan.core.progress import track
+from corrscan.core.threads import torch_threads
 from corrscan.errors import InputError
 from corrscan.match3d.analyzers import MaxScoreOverRotations, MaxScoreOverRotationsConstrained
 from corrscan.match3d.filters import FilterConfig, apply_filter, target_filter, template_filter
@@ -123,19 +123,6 @@ def split_boxes(
         stop = tuple(int(edges[a][i + 1]) for a, i in enumerate(idx))
         boxes.append((start, stop))
     return boxes
-
-
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _to_np(x: Any, name: str) -> np.ndarray:
@@ -593,7 +580,7 @@ def search_task(prep: Prepared3D, box: int, start: int, stop: int) -> dict[str, 
         squares, count, and which rotations were searched).
     """
     _check_task(prep, box, start, stop)
-    with _threads(prep.num_threads):  # the one-shot search builds its scorers inside it too
+    with torch_threads(prep.num_threads):  # the one-shot search builds its scorers inside it too
         scorer, valid, scale = _box_scorer(prep, box)
         an = _search_range(prep, box, start, stop, scorer, valid, scale)
     return {"format": STATE_FORMAT, "boxes": {int(box): _box_state(an, prep.n_rotations)}}
@@ -822,7 +809,7 @@ def match_template(
     batch, n_workers = prep.batch_size, prep.n_workers
     n_batches = sum(math.ceil((c - a) / batch) for _, a, c in tasks)
     analyzers: list[MaxScoreOverRotations] = []
-    with _threads(prep.num_threads):
+    with torch_threads(prep.num_threads):
         bar = track(
             range(n_batches),
             total=n_batches * batch,

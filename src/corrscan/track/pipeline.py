@@ -19,8 +19,7 @@ Stages of :func:`track_stack`:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,6 +29,7 @@ from pydantic import Field
 
 from corrscan.core.arrays import as_numpy, plan_batch_size, unwrap
 from corrscan.core.config import Config
+from corrscan.core.threads import torch_threads
 from corrscan.errors import InputError
 from corrscan.track.flags import TrackFlag
 from corrscan.track.profiles import radial_kernel
@@ -159,19 +159,15 @@ class TrackResult:
         )
 
 
-@contextmanager
-def cpu_threads(n: int | None, device: torch.device | str = "cpu") -> Iterator[None]:
-    """Run the block with ``n`` torch CPU threads (``None``: unchanged; no-op off the CPU),
-    restoring the previous count afterwards, also on error."""
-    old = torch.get_num_threads()
-    change = n is not None and torch.device(device).type == "cpu" and int(n) != old
-    if change:
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        if change:
-            torch.set_num_threads(old)
+def cpu_threads(n: int | None, device: torch.device | str = "cpu") -> AbstractContextManager:
+    """Run the block with ``n`` torch CPU threads (``None``: unchanged; no-op off the CPU).
+
+    The previous count is restored afterwards, also on error
+    (:func:`corrscan.core.threads.torch_threads`).
+    """
+    if torch.device(device).type != "cpu":
+        return nullcontext()
+    return torch_threads(None if n is None else int(n))
 
 
 def run_batched(
