@@ -1,7 +1,7 @@
 """Benchmark: image-to-structure likelihood (cross-correlation + optimal pose, and with the
 integrated log-likelihood) against CryoLike's measured single-thread figures.
 
-Data (the peer spec's recipe, ``/work/shared/peers/cryolike.md`` §6.2): 300 Gaussian
+Data (the peer spec's recipe, the peer spec ``shared/peers/cryolike.md`` §6.2): 300 Gaussian
 pseudo-atoms (σ 2.5 Å) on a compact random chain (bond 3.8 Å, inside a 30 Å sphere); box 64²,
 pixel 2 Å; 300 template directions (Fibonacci sphere); 300 images — half at a template's
 direction with an on-grid in-plane angle, half uniformly random on SO(3); continuous shifts

@@ -1,7 +1,7 @@
 """Analyzers: what a 3D search keeps from each rotation's score map.
 
 Compatibility surface of pyTME's analyzers with the **0.2.x constructor** (see
-``/work/shared/peers/pytme.md`` §5), implemented from the spec:
+the peer spec ``shared/peers/pytme.md`` §5), implemented from the spec:
 
 * :class:`MaxScoreOverRotations` keeps, per voxel, the best score over rotations and the index
   of the rotation that gave it, plus exact score statistics (count, sum, sum of squares per

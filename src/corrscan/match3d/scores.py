@@ -1,6 +1,6 @@
 """Scores of 3D template matching and the per-box hot loop.
 
-Notation (``/work/shared/peers/pytme.md`` §4): ``f`` target box, ``g`` template rotated by
+Notation (the peer spec ``shared/peers/pytme.md`` §4): ``f`` target box, ``g`` template rotated by
 ``R`` and filtered, ``m`` template mask (rotated with the template for FLC and MCC), ``t``
 target mask, ``N_m = sum m``, ``a ⋆ b`` the cross-correlation
 ``(a ⋆ b)(p) = sum_q a(p + q - c) b(q)`` with ``c = S // 2`` (so the score at ``p`` places the
