@@ -242,3 +242,95 @@ def test_map_file_templates_match_the_atom_model(tmp_path):
     bad = ImageParameters(n_pixels=n, pixel_size=2.0, viewing="fibonacci", n_viewing=8)
     with pytest.raises(InputError, match="voxel size"):
         make_templates_from_inputs([tmp_path / "m.mrc"], bad, tmp_path / "t2")
+
+
+def polar_project(tmp_path, m=6, s=5, n=16, seed=0):
+    """Polar templates and two particle stacks (4 + 2 images) written in the workflow layout."""
+    from corrscan.likelihood.ctf import CtfParams
+    from corrscan.likelihood.grid import PolarGrid
+    from corrscan.likelihood.stacks import images_from_real_space
+
+    gen = torch.Generator().manual_seed(seed)
+    g = PolarGrid.create(n, 2.0, n_shells=10, n_inplanes=16)
+    ctf = CtfParams(np.linspace(8000, 12000, m), np.linspace(7000, 12500, m))
+    ims = images_from_real_space(torch.randn(m, n, n, generator=gen), g, ctf)
+    tp = images_from_real_space(torch.randn(s, n, n, generator=gen), g)
+    euler = np.stack([np.linspace(0, 90, s), np.linspace(10, 50, s), np.zeros(s)], axis=1)
+    (tmp_path / "tpl").mkdir()
+    (tmp_path / "parts" / "fft").mkdir(parents=True)
+    PolarTemplates(tp.data, g, euler, np.ones(s)).save(tmp_path / "tpl" / "templates_fourier_x.pt")
+    for k, sl in enumerate((slice(0, 4), slice(4, m))):
+        ims.subset(sl).save(tmp_path / "parts" / "fft" / f"particles_fourier_stack_{k:06d}.pt")
+
+
+def test_file_workflow_runs_any_stack_search(tmp_path):
+    """The stack loop, names, skip_exist and writes are shared: a recording ``StackSearch``
+    gives the same files as the in-process runner and sees one job per stack, in order."""
+    from corrscan.likelihood.workflow import full_cross_correlation_files, optimal_pose_files
+
+    polar_project(tmp_path)
+    batches = {"n_images_per_batch": 2, "n_templates_per_batch": 3}
+    jobs, done = [], []
+
+    def recording(job):
+        jobs.append(job)
+        return search(
+            job.images, job.templates, job.displacements, level=job.level,
+            likelihood=job.likelihood, optimal_likelihood=job.optimal_likelihood,
+            device="cpu", precision=job.precision, **batches,
+        )  # fmt: skip
+
+    def written(job):  # called once the stack's files are all there
+        root = tmp_path / "b" / "template0"
+        assert (
+            root / "cross_correlation" / f"cross_correlation_stack_{job.stack:06d}.pt"
+        ).is_file()
+        done.append(job.stack)
+
+    disp = configure_displacement(1.0, 2, 2)
+    files_a = configure_likelihood_files(tmp_path / "tpl", tmp_path / "parts", tmp_path / "a")
+    run_likelihood_optimal_pose(files_a, disp, estimate_batch_size=False, device="cpu", **batches)
+    run_likelihood_full_cross_correlation(
+        files_a, disp, estimate_batch_size=False, device="cpu", **batches
+    )
+    files_b = configure_likelihood_files(tmp_path / "tpl", tmp_path / "parts", tmp_path / "b")
+    out = optimal_pose_files(files_b, disp, recording, on_stack_written=written)
+    assert out == [tmp_path / "b" / "template0"] * 2
+    assert [(j.stack, j.level, j.likelihood, j.optimal_likelihood) for j in jobs] == [
+        (0, "pose", True, True),
+        (1, "pose", True, True),
+    ]
+    assert [len(j.images) for j in jobs] == [4, 2] and done == [0, 1]
+    assert all(j.precision == "single" for j in jobs)  # from the complex64 images
+    full = full_cross_correlation_files(files_b, disp, recording, precision="double")
+    assert [p.name for p in full] == [
+        "cross_correlation_pose_msdw_stack_000000.pt",
+        "cross_correlation_pose_msdw_stack_000001.pt",
+    ]
+    assert [(j.level, j.precision, j.likelihood) for j in jobs[2:]] == [
+        ("full", "double", False)
+    ] * 2
+    rel = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.*"))
+    assert rel == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.*"))
+    assert len(rel) == 2 * 13 + 1  # per stack: 7 + csv + 1 + 3 log-likelihoods + 1 full
+    for r in rel:
+        a, b = tmp_path / "a" / r, tmp_path / "b" / r
+        if r.suffix == ".csv":
+            assert a.read_bytes() == b.read_bytes(), r
+        elif "msdw" not in r.name:
+            assert torch.equal(
+                torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+            ), r
+    # the full files hold the double-precision search: same values to single precision
+    fa = torch.load(tmp_path / "a" / full[0].relative_to(tmp_path / "b"), weights_only=True)
+    fb = torch.load(full[0], weights_only=True)
+    assert fb["cross_correlation"].dtype == torch.float64
+    scale = float(fb["cross_correlation"].abs().max())
+    torch.testing.assert_close(
+        fa["cross_correlation"].double(), fb["cross_correlation"], rtol=1e-4, atol=1e-5 * scale
+    )
+    # skip_exist: every stack is complete, the search is not called again
+    n = len(jobs)
+    assert optimal_pose_files(files_b, disp, recording, skip_exist=True) == []
+    assert full_cross_correlation_files(files_b, disp, recording, skip_exist=True) == []
+    assert len(jobs) == n

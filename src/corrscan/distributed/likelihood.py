@@ -18,20 +18,21 @@ weights) is computed once from the assembled ``log_likelihood_ms``. The result e
 one-shot ``search`` with the same explicit ``n_images_per_batch``, ``n_templates_per_batch``,
 device and precision bit for bit.
 
-:func:`run_likelihood_optimal_pose` is the file-to-file step (CryoLike's layout, see
-:mod:`corrscan.likelihood.workflow`) with tasks (particle stack x template range), workers and
-a checkpoint per stack.
+:func:`run_likelihood_optimal_pose` and :func:`run_likelihood_full_cross_correlation` are the
+file workflows of :mod:`corrscan.likelihood.workflow` (stack loop, output names, ``skip_exist``,
+atomic writes: written there once) with each stack's search run by :func:`likelihood_search`:
+tasks (template ranges) on workers and a checkpoint per stack.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 import torch
 
 from corrscan.core.checkpoint import Checkpoint, fingerprint
@@ -39,6 +40,13 @@ from corrscan.distributed.resume import client_for, load_progress, run_tasks
 from corrscan.errors import InputError
 from corrscan.likelihood.kernel import SearchResult, search
 from corrscan.likelihood.stacks import PolarImages, PolarTemplates
+from corrscan.likelihood.workflow import (
+    DisplacementConfig,
+    LikelihoodFiles,
+    StackJob,
+    full_cross_correlation_files,
+    optimal_pose_files,
+)
 
 __all__ = [
     "likelihood_search",
@@ -317,9 +325,81 @@ def likelihood_search(
     return _finish(state, images, templates, options)
 
 
+@dataclass(frozen=True)
+class _TaskSearch:
+    """A :data:`~corrscan.likelihood.workflow.StackSearch`: :func:`likelihood_search` on
+    ``client`` with a checkpoint per stack in the output folder."""
+
+    file_config: LikelihoodFiles
+    client: Any
+    n_images_per_batch: int | None
+    n_templates_per_batch: int | None
+    template_chunk: int | None
+    device: str
+    resume: bool
+    checkpoint_interval_s: float
+
+    def checkpoint(self, job: StackJob) -> Path:
+        """``.templateN_[full_]stack_NNNNNN.checkpoint.pt`` (hidden; per structure and level)."""
+        kind = "" if job.level == "pose" else f"{job.level}_"
+        name = f".template{self.file_config.i_template}_{kind}stack_{job.stack:06d}"
+        return Path(self.file_config.folder_output) / f"{name}.checkpoint.pt"
+
+    def __call__(self, job: StackJob) -> SearchResult:
+        ck = self.checkpoint(job)
+        if not self.resume:
+            ck.unlink(missing_ok=True)
+        return likelihood_search(
+            job.images, job.templates, job.displacements, level=job.level,
+            likelihood=job.likelihood, optimal_likelihood=job.optimal_likelihood,
+            n_images_per_batch=self.n_images_per_batch,
+            n_templates_per_batch=self.n_templates_per_batch, template_chunk=self.template_chunk,
+            device=self.device, precision=job.precision, client=self.client, checkpoint=ck,
+            checkpoint_interval_s=self.checkpoint_interval_s,
+        )  # fmt: skip
+
+    def written(self, job: StackJob) -> None:
+        """The stack's files are written: its checkpoint is no longer needed."""
+        self.checkpoint(job).unlink(missing_ok=True)
+
+
+def _on_workers(
+    files: Callable[..., list[Path]],
+    file_config: LikelihoodFiles,
+    displacement_config: DisplacementConfig | None,
+    *,
+    workers: int | None,
+    scheduler: str | None,
+    client: Any,
+    n_images_per_batch: int | None,
+    n_templates_per_batch: int | None,
+    template_chunk: int | None,
+    device: str,
+    resume: bool,
+    checkpoint_interval_s: float,
+    **workflow_options: Any,
+) -> list[Path]:
+    """The file workflow ``files`` with each stack searched by :class:`_TaskSearch`.
+
+    ``workers``, ``scheduler``, ``client``: where the tasks run (:func:`client_for`); the
+    other named options are the :class:`_TaskSearch` fields; ``workflow_options`` go to
+    ``files``.
+    """
+    with client_for(client, workers, scheduler) as cl:
+        run = _TaskSearch(
+            file_config=file_config, client=cl, n_images_per_batch=n_images_per_batch,
+            n_templates_per_batch=n_templates_per_batch, template_chunk=template_chunk,
+            device=device, resume=resume, checkpoint_interval_s=checkpoint_interval_s,
+        )  # fmt: skip
+        return files(
+            file_config, displacement_config, run, on_stack_written=run.written,
+            **workflow_options,
+        )  # fmt: skip
+
+
 def run_likelihood_optimal_pose(
-    file_config: Any,
-    displacement_config: Any = None,
+    file_config: LikelihoodFiles,
+    displacement_config: DisplacementConfig | None = None,
     *,
     skip_exist: bool = False,
     n_templates_per_batch: int | None = 64,
@@ -337,104 +417,27 @@ def run_likelihood_optimal_pose(
 ) -> list[Path]:
     """:func:`corrscan.likelihood.workflow.run_likelihood_optimal_pose` on Dask workers.
 
-    Same inputs and output files; every particle stack is searched as template-range tasks
-    (:func:`likelihood_search`) with a checkpoint ``<stack output>.checkpoint.pt`` in the
-    output folder, removed once the stack's files are written. ``skip_exist`` skips stacks
+    Same inputs and output files (the file workflow is
+    :func:`corrscan.likelihood.workflow.optimal_pose_files`); every particle stack is searched
+    as template-range tasks (:func:`likelihood_search`) with a checkpoint
+    ``.templateN_stack_NNNNNN.checkpoint.pt`` in the output folder, removed once the stack's
+    files are written. ``resume=False`` discards such checkpoints. ``skip_exist`` skips stacks
     whose files all exist (a batch run restarted with the same command continues).
     """
-    from corrscan.likelihood.stacks import atomic_save
-    from corrscan.likelihood.workflow import DisplacementConfig, stack_index, stack_name
-
-    disp_cfg = displacement_config or DisplacementConfig()
-    tpl = PolarTemplates.load(file_config.template_file)
-    out = Path(file_config.folder_output)
-    root = out / f"template{file_config.i_template}"
-    disp = disp_cfg.displacements(tpl.grid.pixel_size)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_save(torch.from_numpy(disp), out / "displacements_set.pt")
-    want_ll = return_likelihood_integrated_pose_fourier
-    written: list[Path] = []
-
-    def save(t: torch.Tensor, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save(t.contiguous().clone(), path)
-
-    with client_for(client, workers, scheduler) as cl:
-        for path in file_config.particle_files:
-            k = stack_index(path)
-            op = root / "optimal_pose"
-            files = {
-                "cc": op / stack_name("cross_correlation", k),
-                "tpl": op / stack_name("optimal_template", k),
-                "x": op / stack_name("optimal_displacement_x", k),
-                "y": op / stack_name("optimal_displacement_y", k),
-                "xt": op / stack_name("optimal_displacement_template_x", k),
-                "yt": op / stack_name("optimal_displacement_template_y", k),
-                "rot": op / stack_name("optimal_inplane_rotation", k),
-                "csv": op / stack_name("optimal_pose", k, "csv"),
-                "cc2": root / "cross_correlation" / stack_name("cross_correlation", k),
-            }
-            ll_dir = root / "log_likelihood"
-            if want_ll:
-                files["ill"] = ll_dir / stack_name("log_likelihood_integrated_fourier", k)
-                files["llms"] = ll_dir / stack_name("log_likelihood_ms", k)
-            if return_likelihood_optimal_pose_fourier:
-                files["llo"] = ll_dir / stack_name("log_likelihood_optimal_fourier", k)
-            if skip_exist and all(f.is_file() for f in files.values()):
-                continue
-            imgs = PolarImages.load(path)
-            prec = precision or ("double" if imgs.data.dtype == torch.complex128 else "single")
-            ck = out / f".template{file_config.i_template}_stack_{k:06d}.checkpoint.pt"
-            if not resume:
-                ck.unlink(missing_ok=True)
-            res = likelihood_search(
-                imgs, tpl, disp, level="pose", likelihood=want_ll,
-                optimal_likelihood=return_likelihood_optimal_pose_fourier,
-                n_images_per_batch=n_images_per_batch, n_templates_per_batch=n_templates_per_batch,
-                template_chunk=template_chunk, device=device, precision=prec, client=cl,
-                checkpoint=ck, checkpoint_interval_s=checkpoint_interval_s,
-            )  # fmt: skip
-            pose = res.optimal_pose()
-            save(pose.cross_correlation_M, files["cc"])
-            save(pose.cross_correlation_M, files["cc2"])
-            save(pose.optimal_template_M, files["tpl"])
-            save(pose.optimal_displacement_x_M, files["x"])
-            save(pose.optimal_displacement_y_M, files["y"])
-            save(pose.optimal_displacement_template_x_M, files["xt"])
-            save(pose.optimal_displacement_template_y_M, files["yt"])
-            save(pose.optimal_inplane_rotation_M, files["rot"])
-            ti = pose.optimal_template_M.numpy()
-            table = pd.DataFrame(
-                {
-                    "image": np.arange(len(imgs)),
-                    "cross_correlation": pose.cross_correlation_M.numpy(),
-                    "template": ti,
-                    "phi": tpl.euler[ti, 0],
-                    "theta": tpl.euler[ti, 1],
-                    "psi": pose.optimal_inplane_rotation_M.numpy(),
-                    "displacement_x_angst": pose.optimal_displacement_x_M.numpy(),
-                    "displacement_y_angst": pose.optimal_displacement_y_M.numpy(),
-                }
-            )
-            if want_ll:
-                save(res.integrated_log_likelihood, files["ill"])
-                save(res.log_likelihood_ms, files["llms"])
-                table["log_likelihood_integrated"] = res.integrated_log_likelihood.numpy()
-            if return_likelihood_optimal_pose_fourier:
-                save(res.log_likelihood_optimal, files["llo"])
-                table["log_likelihood_optimal"] = res.log_likelihood_optimal.numpy()
-            files["csv"].parent.mkdir(parents=True, exist_ok=True)
-            tmp = files["csv"].with_name("." + files["csv"].name + ".partial")
-            table.to_csv(tmp, index=False)
-            tmp.replace(files["csv"])
-            ck.unlink(missing_ok=True)
-            written.append(root)
-    return written
+    return _on_workers(
+        optimal_pose_files, file_config, displacement_config, workers=workers,
+        scheduler=scheduler, client=client, n_images_per_batch=n_images_per_batch,
+        n_templates_per_batch=n_templates_per_batch, template_chunk=template_chunk,
+        device=device, resume=resume, checkpoint_interval_s=checkpoint_interval_s,
+        skip_exist=skip_exist, precision=precision,
+        return_likelihood_optimal_pose_fourier=return_likelihood_optimal_pose_fourier,
+        return_likelihood_integrated_pose_fourier=return_likelihood_integrated_pose_fourier,
+    )  # fmt: skip
 
 
 def run_likelihood_full_cross_correlation(
-    file_config: Any,
-    displacement_config: Any = None,
+    file_config: LikelihoodFiles,
+    displacement_config: DisplacementConfig | None = None,
     *,
     skip_exist: bool = False,
     n_templates_per_batch: int | None = 64,
@@ -451,45 +454,14 @@ def run_likelihood_full_cross_correlation(
     """:func:`corrscan.likelihood.workflow.run_likelihood_full_cross_correlation` on workers.
 
     Same output file per stack (``cross_correlation_pose_msdw_stack_NNNNNN.pt``: the full
-    `(M, S, D, W)` tensor, displacements, in-plane rotations), written atomically; tasks and
-    checkpoints as in :func:`run_likelihood_optimal_pose`.
+    `(M, S, D, W)` tensor, displacements, in-plane rotations), written atomically by
+    :func:`corrscan.likelihood.workflow.full_cross_correlation_files`; tasks and checkpoints
+    (``.templateN_full_stack_NNNNNN.checkpoint.pt``) as in :func:`run_likelihood_optimal_pose`.
     """
-    from corrscan.likelihood.stacks import atomic_save
-    from corrscan.likelihood.workflow import DisplacementConfig, stack_index, stack_name
-
-    disp_cfg = displacement_config or DisplacementConfig()
-    tpl = PolarTemplates.load(file_config.template_file)
-    out = Path(file_config.folder_output)
-    root = out / f"template{file_config.i_template}" / "cross_correlation"
-    disp = disp_cfg.displacements(tpl.grid.pixel_size)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_save(torch.from_numpy(disp), out / "displacements_set.pt")
-    written: list[Path] = []
-    with client_for(client, workers, scheduler) as cl:
-        for path in file_config.particle_files:
-            k = stack_index(path)
-            target = root / stack_name("cross_correlation_pose_msdw", k)
-            if skip_exist and target.is_file():
-                continue
-            imgs = PolarImages.load(path)
-            prec = precision or ("double" if imgs.data.dtype == torch.complex128 else "single")
-            ck = out / f".template{file_config.i_template}_full_stack_{k:06d}.checkpoint.pt"
-            if not resume:
-                ck.unlink(missing_ok=True)
-            res = likelihood_search(
-                imgs, tpl, disp, level="full", n_images_per_batch=n_images_per_batch,
-                n_templates_per_batch=n_templates_per_batch, template_chunk=template_chunk,
-                device=device, precision=prec, client=cl, checkpoint=ck,
-                checkpoint_interval_s=checkpoint_interval_s,
-            )  # fmt: skip
-            atomic_save(
-                {
-                    "cross_correlation": res.cross_correlation,
-                    "displacements": torch.from_numpy(disp),
-                    "inplane_rotations": torch.from_numpy(res.rotations),
-                },
-                target,
-            )
-            ck.unlink(missing_ok=True)
-            written.append(target)
-    return written
+    return _on_workers(
+        full_cross_correlation_files, file_config, displacement_config, workers=workers,
+        scheduler=scheduler, client=client, n_images_per_batch=n_images_per_batch,
+        n_templates_per_batch=n_templates_per_batch, template_chunk=template_chunk,
+        device=device, resume=resume, checkpoint_interval_s=checkpoint_interval_s,
+        skip_exist=skip_exist, precision=precision,
+    )  # fmt: skip

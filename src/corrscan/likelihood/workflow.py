@@ -27,11 +27,18 @@ Layout
 ``N`` in ``templateN`` is the index of the structure in ``template_file_list.npy``; stacks are
 numbered from 0 with six digits. Every file is written to a temporary name and renamed.
 ``skip_exist`` skips a stack whose expected files all exist.
+
+The stack loop, names, ``skip_exist`` and writes are :func:`optimal_pose_files` and
+:func:`full_cross_correlation_files`, parameterised by the :data:`StackSearch` that computes
+one stack's result: :func:`search` in-process here, task-split on workers with checkpoints in
+``corrscan.distributed.likelihood``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -50,7 +57,7 @@ from corrscan.likelihood.grid import (
     viewing_grid_fibonacci,
     viewing_grid_gauss_legendre,
 )
-from corrscan.likelihood.kernel import search
+from corrscan.likelihood.kernel import SearchResult, search
 from corrscan.likelihood.particles import (
     ParticleStack,
     check_stack,
@@ -72,13 +79,17 @@ __all__ = [
     "DisplacementConfig",
     "ImageParameters",
     "LikelihoodFiles",
+    "StackJob",
+    "StackSearch",
     "configure_displacement",
     "configure_likelihood_files",
     "convert_particle_stacks",
     "convert_particle_stacks_from_indexed_cryosparc_file",
     "convert_particle_stacks_from_indexed_star_file",
     "convert_particle_stacks_from_paired_star_and_mrc_files",
+    "full_cross_correlation_files",
     "make_templates_from_inputs",
+    "optimal_pose_files",
     "run_likelihood_full_cross_correlation",
     "run_likelihood_optimal_pose",
     "stack_index",
@@ -404,87 +415,16 @@ def run_likelihood_optimal_pose(
     ``estimate_batch_size=True`` plans batch sizes from free memory (CPU or GPU; CUDA OOM
     halves the image batch); explicit batch sizes override it. Returns the folders written.
     """
-    disp_cfg = displacement_config or DisplacementConfig()
-    tpl = PolarTemplates.load(file_config.template_file)
-    out = Path(file_config.folder_output)
-    root = out / f"template{file_config.i_template}"
-    disp = disp_cfg.displacements(tpl.grid.pixel_size)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_save(torch.from_numpy(disp), out / "displacements_set.pt")
-    want_ll = return_likelihood_integrated_pose_fourier
-    written = []
-    stacks = track(file_config.particle_files, description="likelihood", unit="stack")
-    for path in stacks:
-        k = stack_index(path)
-        files = {
-            "cc": root / "optimal_pose" / stack_name("cross_correlation", k),
-            "tpl": root / "optimal_pose" / stack_name("optimal_template", k),
-            "x": root / "optimal_pose" / stack_name("optimal_displacement_x", k),
-            "y": root / "optimal_pose" / stack_name("optimal_displacement_y", k),
-            "xt": root / "optimal_pose" / stack_name("optimal_displacement_template_x", k),
-            "yt": root / "optimal_pose" / stack_name("optimal_displacement_template_y", k),
-            "rot": root / "optimal_pose" / stack_name("optimal_inplane_rotation", k),
-            "csv": root / "optimal_pose" / stack_name("optimal_pose", k, "csv"),
-            "cc2": root / "cross_correlation" / stack_name("cross_correlation", k),
-        }
-        if want_ll:
-            files["ill"] = (
-                root / "log_likelihood" / stack_name("log_likelihood_integrated_fourier", k)
-            )
-            files["llms"] = root / "log_likelihood" / stack_name("log_likelihood_ms", k)
-        if return_likelihood_optimal_pose_fourier:
-            files["llo"] = root / "log_likelihood" / stack_name("log_likelihood_optimal_fourier", k)
-        if skip_exist and all(f.is_file() for f in files.values()):
-            log.info("stack %d: all outputs exist, skipped", k)
-            continue
-        imgs = PolarImages.load(path)
-        bi, bt = _batches(estimate_batch_size, n_images_per_batch, n_templates_per_batch)
-        res = search(
-            imgs,
-            tpl,
-            disp,
-            level="pose",
-            likelihood=want_ll,
-            optimal_likelihood=return_likelihood_optimal_pose_fourier,
-            n_images_per_batch=bi,
-            n_templates_per_batch=bt,
-            device=device,
-            precision=precision or _precision_of(imgs),
-        )
-        pose = res.optimal_pose()
-        _save_tensor(pose.cross_correlation_M, files["cc"])
-        _save_tensor(pose.cross_correlation_M, files["cc2"])
-        _save_tensor(pose.optimal_template_M, files["tpl"])
-        _save_tensor(pose.optimal_displacement_x_M, files["x"])
-        _save_tensor(pose.optimal_displacement_y_M, files["y"])
-        _save_tensor(pose.optimal_displacement_template_x_M, files["xt"])
-        _save_tensor(pose.optimal_displacement_template_y_M, files["yt"])
-        _save_tensor(pose.optimal_inplane_rotation_M, files["rot"])
-        table = pd.DataFrame(
-            {
-                "image": np.arange(len(imgs)),
-                "cross_correlation": pose.cross_correlation_M.numpy(),
-                "template": pose.optimal_template_M.numpy(),
-                "phi": tpl.euler[pose.optimal_template_M.numpy(), 0],
-                "theta": tpl.euler[pose.optimal_template_M.numpy(), 1],
-                "psi": pose.optimal_inplane_rotation_M.numpy(),
-                "displacement_x_angst": pose.optimal_displacement_x_M.numpy(),
-                "displacement_y_angst": pose.optimal_displacement_y_M.numpy(),
-            }
-        )
-        if want_ll:
-            _save_tensor(res.integrated_log_likelihood, files["ill"])
-            _save_tensor(res.log_likelihood_ms, files["llms"])
-            table["log_likelihood_integrated"] = res.integrated_log_likelihood.numpy()
-        if return_likelihood_optimal_pose_fourier:
-            _save_tensor(res.log_likelihood_optimal, files["llo"])
-            table["log_likelihood_optimal"] = res.log_likelihood_optimal.numpy()
-        files["csv"].parent.mkdir(parents=True, exist_ok=True)
-        tmp = files["csv"].with_name("." + files["csv"].name + ".partial")
-        table.to_csv(tmp, index=False)
-        tmp.replace(files["csv"])
-        written.append(root)
-    return written
+    return optimal_pose_files(
+        file_config,
+        displacement_config,
+        _in_process(estimate_batch_size, n_images_per_batch, n_templates_per_batch, device),
+        skip_exist=skip_exist,
+        return_likelihood_optimal_pose_fourier=return_likelihood_optimal_pose_fourier,
+        return_likelihood_integrated_pose_fourier=return_likelihood_integrated_pose_fourier,
+        precision=precision,
+        progress=None,
+    )
 
 
 def run_likelihood_full_cross_correlation(
@@ -499,31 +439,224 @@ def run_likelihood_full_cross_correlation(
     precision: Literal["single", "double"] | None = None,
 ) -> list[Path]:
     """Full cross-correlation tensor `(M, S, D, W)` of every stack against one structure."""
+    return full_cross_correlation_files(
+        file_config,
+        displacement_config,
+        _in_process(estimate_batch_size, n_images_per_batch, n_templates_per_batch, device),
+        skip_exist=skip_exist,
+        precision=precision,
+    )
+
+
+# ----------------------------------------------------------------------------- shared file workflow
+def _save_csv(table: pd.DataFrame, path: Path) -> None:
+    """``table`` as CSV without the index, written to a temporary name and renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("." + path.name + ".partial")
+    table.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class StackJob:
+    """One particle stack's search, as the file workflow asks for it.
+
+    Attributes
+    ----------
+    images
+        The stack's images, `(M, ...)`.
+    templates
+        The structure's templates, `(S, ...)`.
+    displacements
+        `(D, 2)` image-frame (x, y) displacements, Å.
+    stack
+        Stack number ``N`` of ``particles_fourier_stack_NNNNNN.pt``.
+    level, likelihood, optimal_likelihood, precision
+        As for :func:`corrscan.likelihood.kernel.search` (``precision`` resolved from the
+        images when the caller gave none).
+    """
+
+    images: PolarImages
+    templates: PolarTemplates
+    displacements: np.ndarray
+    stack: int
+    level: Literal["pose", "full"]
+    precision: Literal["single", "double"]
+    likelihood: bool = False
+    optimal_likelihood: bool = False
+
+
+StackSearch = Callable[[StackJob], SearchResult]
+"""Computes one stack's :class:`~corrscan.likelihood.kernel.SearchResult`.
+
+:func:`optimal_pose_files` and :func:`full_cross_correlation_files` own the stack loop, output
+names, ``skip_exist`` and the atomic writes; a ``StackSearch`` is the in-process
+:func:`search` (:func:`run_likelihood_optimal_pose`) or e.g. the task-split
+``corrscan.distributed.likelihood.likelihood_search`` on workers with a checkpoint.
+"""
+
+
+def _in_process(
+    estimate_batch_size: bool,
+    n_images_per_batch: int | None,
+    n_templates_per_batch: int | None,
+    device: str,
+) -> StackSearch:
+    """:func:`search` in this process with the workflow's batch-size rule."""
+
+    def run(job: StackJob) -> SearchResult:
+        bi, bt = _batches(estimate_batch_size, n_images_per_batch, n_templates_per_batch)
+        return search(
+            job.images, job.templates, job.displacements, level=job.level,
+            likelihood=job.likelihood, optimal_likelihood=job.optimal_likelihood,
+            n_images_per_batch=bi, n_templates_per_batch=bt, device=device,
+            precision=job.precision,
+        )  # fmt: skip
+
+    return run
+
+
+def _setup(
+    file_config: LikelihoodFiles, displacement_config: DisplacementConfig | None
+) -> tuple[PolarTemplates, np.ndarray, Path]:
+    """Templates, the `(D, 2)` displacement grid (Å) and the output folder (written there)."""
     disp_cfg = displacement_config or DisplacementConfig()
     tpl = PolarTemplates.load(file_config.template_file)
     out = Path(file_config.folder_output)
-    root = out / f"template{file_config.i_template}" / "cross_correlation"
     disp = disp_cfg.displacements(tpl.grid.pixel_size)
     out.mkdir(parents=True, exist_ok=True)
     atomic_save(torch.from_numpy(disp), out / "displacements_set.pt")
-    written = []
+    return tpl, disp, out
+
+
+def _optimal_pose_outputs(root: Path, k: int, integrated: bool, optimal: bool) -> dict[str, Path]:
+    """Output files of stack ``k`` of the optimal-pose workflow, by kind."""
+    op, ll = root / "optimal_pose", root / "log_likelihood"
+    files = {
+        "cc": op / stack_name("cross_correlation", k),
+        "tpl": op / stack_name("optimal_template", k),
+        "x": op / stack_name("optimal_displacement_x", k),
+        "y": op / stack_name("optimal_displacement_y", k),
+        "xt": op / stack_name("optimal_displacement_template_x", k),
+        "yt": op / stack_name("optimal_displacement_template_y", k),
+        "rot": op / stack_name("optimal_inplane_rotation", k),
+        "csv": op / stack_name("optimal_pose", k, "csv"),
+        "cc2": root / "cross_correlation" / stack_name("cross_correlation", k),
+    }
+    if integrated:
+        files["ill"] = ll / stack_name("log_likelihood_integrated_fourier", k)
+        files["llms"] = ll / stack_name("log_likelihood_ms", k)
+    if optimal:
+        files["llo"] = ll / stack_name("log_likelihood_optimal_fourier", k)
+    return files
+
+
+def _write_optimal_pose(
+    res: SearchResult, tpl: PolarTemplates, files: dict[str, Path], integrated: bool, optimal: bool
+) -> None:
+    """The optimal-pose tensors and their CSV table of one stack (each file atomically)."""
+    pose = res.optimal_pose()
+    _save_tensor(pose.cross_correlation_M, files["cc"])
+    _save_tensor(pose.cross_correlation_M, files["cc2"])
+    _save_tensor(pose.optimal_template_M, files["tpl"])
+    _save_tensor(pose.optimal_displacement_x_M, files["x"])
+    _save_tensor(pose.optimal_displacement_y_M, files["y"])
+    _save_tensor(pose.optimal_displacement_template_x_M, files["xt"])
+    _save_tensor(pose.optimal_displacement_template_y_M, files["yt"])
+    _save_tensor(pose.optimal_inplane_rotation_M, files["rot"])
+    ti = pose.optimal_template_M.numpy()
+    table = pd.DataFrame(
+        {
+            "image": np.arange(len(ti)),
+            "cross_correlation": pose.cross_correlation_M.numpy(),
+            "template": ti,
+            "phi": tpl.euler[ti, 0],
+            "theta": tpl.euler[ti, 1],
+            "psi": pose.optimal_inplane_rotation_M.numpy(),
+            "displacement_x_angst": pose.optimal_displacement_x_M.numpy(),
+            "displacement_y_angst": pose.optimal_displacement_y_M.numpy(),
+        }
+    )
+    if integrated:
+        _save_tensor(res.integrated_log_likelihood, files["ill"])
+        _save_tensor(res.log_likelihood_ms, files["llms"])
+        table["log_likelihood_integrated"] = res.integrated_log_likelihood.numpy()
+    if optimal:
+        _save_tensor(res.log_likelihood_optimal, files["llo"])
+        table["log_likelihood_optimal"] = res.log_likelihood_optimal.numpy()
+    _save_csv(table, files["csv"])
+
+
+def optimal_pose_files(
+    file_config: LikelihoodFiles,
+    displacement_config: DisplacementConfig | None,
+    search_stack: StackSearch,
+    *,
+    skip_exist: bool = False,
+    return_likelihood_optimal_pose_fourier: bool = True,
+    return_likelihood_integrated_pose_fourier: bool = True,
+    precision: Literal["single", "double"] | None = None,
+    on_stack_written: Callable[[StackJob], None] | None = None,
+    progress: bool | None = False,
+) -> list[Path]:
+    """The optimal-pose file workflow with ``search_stack`` computing each stack's result.
+
+    Writes ``displacements_set.pt`` and, per stack not skipped by ``skip_exist``, the
+    ``optimal_pose`` / ``cross_correlation`` / ``log_likelihood`` files of the module layout;
+    then calls ``on_stack_written(job)`` (e.g. to drop a checkpoint). ``progress``: bar over the
+    stacks (``None``: on for a terminal). Returns ``templateN`` once per stack written.
+    """
+    tpl, disp, out = _setup(file_config, displacement_config)
+    root = out / f"template{file_config.i_template}"
+    want_ll = return_likelihood_integrated_pose_fourier
+    want_opt = return_likelihood_optimal_pose_fourier
+    written: list[Path] = []
+    stacks = track(
+        file_config.particle_files, description="likelihood", unit="stack", enabled=progress
+    )
+    for path in stacks:
+        k = stack_index(path)
+        files = _optimal_pose_outputs(root, k, want_ll, want_opt)
+        if skip_exist and all(f.is_file() for f in files.values()):
+            log.info("stack %d: all outputs exist, skipped", k)
+            continue
+        imgs = PolarImages.load(path)
+        job = StackJob(
+            imgs, tpl, disp, k, "pose", precision or _precision_of(imgs), want_ll, want_opt
+        )
+        _write_optimal_pose(search_stack(job), tpl, files, want_ll, want_opt)
+        if on_stack_written is not None:
+            on_stack_written(job)
+        written.append(root)
+    return written
+
+
+def full_cross_correlation_files(
+    file_config: LikelihoodFiles,
+    displacement_config: DisplacementConfig | None,
+    search_stack: StackSearch,
+    *,
+    skip_exist: bool = False,
+    precision: Literal["single", "double"] | None = None,
+    on_stack_written: Callable[[StackJob], None] | None = None,
+) -> list[Path]:
+    """The full cross-correlation file workflow with ``search_stack`` computing each stack.
+
+    Writes ``displacements_set.pt`` and, per stack not skipped by ``skip_exist``, the dict file
+    ``cross_correlation_pose_msdw_stack_NNNNNN.pt`` atomically; then calls
+    ``on_stack_written(job)``. Returns the files written.
+    """
+    tpl, disp, out = _setup(file_config, displacement_config)
+    root = out / f"template{file_config.i_template}" / "cross_correlation"
+    written: list[Path] = []
     for path in file_config.particle_files:
         k = stack_index(path)
         target = root / stack_name("cross_correlation_pose_msdw", k)
         if skip_exist and target.is_file():
             continue
         imgs = PolarImages.load(path)
-        bi, bt = _batches(estimate_batch_size, n_images_per_batch, n_templates_per_batch)
-        res = search(
-            imgs,
-            tpl,
-            disp,
-            level="full",
-            n_images_per_batch=bi,
-            n_templates_per_batch=bt,
-            device=device,
-            precision=precision or _precision_of(imgs),
-        )
+        job = StackJob(imgs, tpl, disp, k, "full", precision or _precision_of(imgs))
+        res = search_stack(job)
         atomic_save(
             {
                 "cross_correlation": res.cross_correlation,
@@ -532,5 +665,7 @@ def run_likelihood_full_cross_correlation(
             },
             target,
         )
+        if on_stack_written is not None:
+            on_stack_written(job)
         written.append(target)
     return written
