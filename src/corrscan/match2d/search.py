@@ -46,7 +46,6 @@ over the valid region when ``valid_crop`` (Leopard-EM accumulates the full map, 
 
 from __future__ import annotations
 
-import functools
 import math
 import queue
 import threading
@@ -195,13 +194,21 @@ class _FusedState:
         self.pending = 0
         self.moments = MomentAccumulator(valid_shape, device=device)
         self._sync_free = device.type == "cuda"
+        self._spec_buf = torch.empty(0, dtype=torch.complex64, device=device)
+
+    def spectrum_buffer(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """A reused complex64 work buffer of ``shape`` (contiguous view of storage kept by
+        the worker, grown on demand)."""
+        n = math.prod(shape)
+        if self._spec_buf.numel() < n:
+            self._spec_buf = torch.empty(n, dtype=torch.complex64, device=self.device)
+        return self._spec_buf[:n].view(shape)
 
     def update(
         self,
         maps: torch.Tensor,
         item_index: torch.Tensor,
         scale: torch.Tensor | None = None,
-        order: torch.Tensor | None = None,
     ) -> None:
         """Fold a chunk into the state (``maps`` is modified in place).
 
@@ -213,8 +220,6 @@ class _FusedState:
             `(n,)` int64 global search index of each map.
         scale
             Optional `(n,)` factors applied to the maps first (noise normalisation).
-        order
-            `(n,)` positions that sort ``item_index`` ascending (``None``: already sorted).
         """
         n = maps.shape[0]
         h, w = self.image_shape
@@ -233,17 +238,19 @@ class _FusedState:
             arg = flat.argmax(0).view(h, w)[:hv, :wv]
             self._arg_buf = item_index[arg]
         else:
-            # the argmax is only needed where the chunk reaches the stored maximum (ties
-            # included); both branches read the items in ascending global index
+            # the winning item is only needed where the chunk reaches the stored maximum
+            # (ties included): the smallest global index among the maps equal to the chunk
+            # maximum (a vectorised min over items; no argmax along the strided item axis and
+            # no reordering copy of the chunk)
             cand = (m >= self.best.max).view(-1).nonzero().squeeze(1)
-            items = item_index if order is None else item_index[order]
-            if cand.numel() * 3 > m.numel():  # dense (the first chunks): full argmax
-                src = flat if order is None else flat.index_select(0, order)
-                self._arg_buf.copy_(items[src.argmax(0).view(h, w)[:hv, :wv]])
+            if cand.numel() * 3 > m.numel():  # dense (the first chunks): every pixel
+                self._arg_buf.copy_(_first_item(maps[:, :hv, :wv], m, item_index))
             elif cand.numel():
                 pix = cand if self._pix is None else self._pix[cand]
-                sub = flat[:, pix] if order is None else flat[:, pix].index_select(0, order)
-                self._arg_buf.view(-1)[cand] = items[sub.argmax(0)]
+                best_c = m.view(-1).index_select(0, cand)
+                self._arg_buf.view(-1)[cand] = _first_item(
+                    flat.index_select(1, pix), best_c, item_index
+                )
         self.best.update_reduced(m, {"index": self._arg_buf}, candidates=cand)
         self.s1.addmm_(self._ones, flat)
         flat.square_()
@@ -356,15 +363,18 @@ def _correlate_batch(plan: SearchPlan, state: _FusedState, start: int, stop: int
             pc = proj[c0:c1]
             # zero-padded forward FFT, pruned: x-transform of the D non-zero rows only
             pft = torch.fft.fft(torch.fft.rfft(pc, n=w_img, dim=-1), n=h_img, dim=-2)
+            # the transform along dim -2 returns column-major planes: the products below
+            # read them row by row (several times faster from a row-major copy)
+            pft = pft.contiguous()
             var = _noise_variance(plan, pc, pft)  # (n_def, c)
             inv = torch.rsqrt(var.clamp_min(1e-30))
-            spec = plan.filters[:, None] * pft.conj()[None]  # (n_def, c, H, Wr)
+            # a per-worker buffer: a fresh multi-MB tensor would be page-faulted at every step
+            spec = state.spectrum_buffer((n_def, c1 - c0, *pft.shape[-2:]))
+            torch.mul(plan.filters[:, None], pft.conj()[None], out=spec)  # (n_def, c, H, Wr)
             cc = torch.fft.irfft2(spec, s=(h_img, w_img))
             o_idx = torch.arange(start + c0, start + c1, device=dev, dtype=torch.int64)
             item = (o_idx[None, :] * n_def + d_idx[:, None]).reshape(-1)
-            state.update(
-                cc.view(-1, h_img, w_img), item, inv.reshape(-1), _item_order(n_def, c1 - c0, dev)
-            )
+            state.update(cc.view(-1, h_img, w_img), item, inv.reshape(-1))
     else:
         for c0 in range(0, stop - start, plan.chunk):
             c1 = min(c0 + plan.chunk, stop - start)
@@ -379,16 +389,21 @@ def _correlate_batch(plan: SearchPlan, state: _FusedState, start: int, stop: int
             cc = torch.fft.irfft2(spec, s=(h_img, w_img))
             o_idx = torch.arange(start + c0, start + c1, device=dev, dtype=torch.int64)
             item = (o_idx[None, :] * n_def + d_idx[:, None]).reshape(-1)
-            state.update(cc.view(-1, h_img, w_img), item, None, _item_order(n_def, c1 - c0, dev))
+            state.update(cc.view(-1, h_img, w_img), item, None)
 
 
-@functools.lru_cache(maxsize=64)
-def _item_order(n_def: int, c: int, device: torch.device) -> torch.Tensor | None:
-    """Positions that sort a chunk's items ascending: the maps are laid out `(n_def, c)`
-    (defocus-major), the global items ``o * n_def + d`` ascend orientation-major."""
-    if c == 1 or n_def == 1:
-        return None
-    return torch.arange(n_def * c, device=device).view(n_def, c).T.reshape(-1)
+def _first_item(values: torch.Tensor, best: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """Per pixel, the smallest of ``items`` `(n,)` (int64) whose value in ``values``
+    `(n, *shape)` equals ``best`` `(*shape)` (the first maximum in ascending global index);
+    int64 `(*shape)`.
+
+    The minimum runs in int32 when the items fit (CPU reductions over the leading axis are
+    vectorised for int32, about 50x slower for int64)."""
+    small = items.numel() == 0 or int(items.max()) < torch.iinfo(torch.int32).max
+    it = items.to(torch.int32) if small else items
+    hit = values == best.unsqueeze(0)
+    pick = torch.where(hit, it.view((-1,) + (1,) * best.ndim), torch.iinfo(it.dtype).max)
+    return pick.amin(0).to(torch.int64)
 
 
 def _lag_indices(shape: tuple[int, int], box: int, device: torch.device) -> torch.Tensor:
