@@ -25,6 +25,7 @@ Same parameters and defaults, corrscan's implementation underneath. Deliberate d
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -71,7 +72,7 @@ def compute_contrast_limits(
     return tuple(_compute(data, method, zr, downsampling_ratio, 42))  # type: ignore[return-value]
 
 
-class ContrastLimitCalculator:
+class ContrastLimitCalculator(ABC):
     """Slab restriction and sampling at construction; ``compute_contrast_limit`` per method.
 
     Parameters
@@ -106,8 +107,9 @@ class ContrastLimitCalculator:
             source, z_range, downsampling_ratio=ratio, max_samples=num_samples, seed=42
         ).values
 
+    @abstractmethod
     def compute_contrast_limit(self, *args: Any, **kwargs: Any) -> tuple[float, float]:
-        raise NotImplementedError("use a method-specific calculator")
+        """``(low, high)`` limits of the sample (defined by each method's calculator)."""
 
 
 class PercentileContrastLimitCalculator(ContrastLimitCalculator):
