@@ -266,7 +266,7 @@ def run_search2d(
     unless ``overwrite``. The checkpoint ``<bundle>.checkpoint.pt`` is resumed when
     ``resume`` (else deleted first) and removed once the bundle is written.
     """
-    from corrscan.match2d.pipeline import find_particles, read_inputs, zscore_cutoff
+    from corrscan.match2d.pipeline import read_inputs, save_search, search_kwargs
 
     path = Path(out or cfg.output.bundle_path)
     ow = cfg.output.overwrite if overwrite is None else overwrite
@@ -284,14 +284,7 @@ def run_search2d(
     res = search2d(
         img,
         vol,
-        optics=cfg.optics_group,
-        defocus_search=cfg.defocus_search_config,
-        orientation_search=cfg.orientation_search_config,
-        preprocessing=cfg.preprocessing_filters,
-        compute=cfg.computational_config,
-        valid_crop=cfg.output.valid_crop,
-        resolution_limit=cfg.resolution_limit,
-        config=config_dict or cfg.model_dump(mode="json"),
+        **search_kwargs(cfg, config_dict),
         workers=workers,
         scheduler=scheduler,
         client=client,
@@ -299,20 +292,7 @@ def run_search2d(
         checkpoint_interval_s=checkpoint_interval_s,
         progress=progress,
     )
-    parts = find_particles(
-        res, cfg.peaks, micrograph_path=cfg.micrograph_path, template_path=cfg.template_volume_path
-    )
-    res.tables["particles"] = parts
-    res.metadata["micrograph_path"] = cfg.micrograph_path
-    res.metadata["template_path"] = cfg.template_volume_path
-    res.metadata["zscore_cutoff"] = zscore_cutoff(res, cfg.peaks)
-    res.save(path, overwrite=ow)
-    if cfg.output.particles_csv:
-        parts.to_csv(cfg.output.particles_csv, index=False)
-    if cfg.output.particles_star:
-        from corrscan.match2d.peaks import write_star
-
-        write_star(parts, cfg.output.particles_star)
+    parts = save_search(res, cfg, path, overwrite=ow)
     Checkpoint(ck, "").remove()
     return res, parts, path
 

@@ -68,6 +68,45 @@ def zscore_cutoff(result: MatchTemplateResult, peaks: PeakConfig) -> float:
     return gaussian_noise_zscore_cutoff(n, peaks.false_positives)
 
 
+def search_kwargs(cfg: MatchTemplateConfig, config_dict: dict[str, Any] | None = None) -> dict:
+    """Keyword arguments of :func:`~corrscan.match2d.search.match_template` from a config."""
+    return {
+        "optics": cfg.optics_group,
+        "defocus_search": cfg.defocus_search_config,
+        "orientation_search": cfg.orientation_search_config,
+        "preprocessing": cfg.preprocessing_filters,
+        "compute": cfg.computational_config,
+        "valid_crop": cfg.output.valid_crop,
+        "resolution_limit": cfg.resolution_limit,
+        "config": config_dict or cfg.model_dump(mode="json"),
+    }
+
+
+def save_search(
+    res: MatchTemplateResult,
+    cfg: MatchTemplateConfig,
+    path: Path,
+    *,
+    overwrite: bool | None = None,
+) -> pd.DataFrame:
+    """Pick particles, write the bundle at ``path`` and the configured tables; return picks."""
+    parts = find_particles(
+        res, cfg.peaks, micrograph_path=cfg.micrograph_path, template_path=cfg.template_volume_path
+    )
+    res.tables["particles"] = parts
+    res.metadata["micrograph_path"] = cfg.micrograph_path
+    res.metadata["template_path"] = cfg.template_volume_path
+    res.metadata["zscore_cutoff"] = zscore_cutoff(res, cfg.peaks)
+    res.save(path, overwrite=cfg.output.overwrite if overwrite is None else overwrite)
+    if cfg.output.particles_csv:
+        parts.to_csv(cfg.output.particles_csv, index=False)
+    if cfg.output.particles_star:
+        from corrscan.match2d.peaks import write_star
+
+        write_star(parts, cfg.output.particles_star)
+    return parts
+
+
 def run_search(
     cfg: MatchTemplateConfig,
     *,
@@ -78,37 +117,9 @@ def run_search(
 ) -> tuple[MatchTemplateResult, pd.DataFrame, Path]:
     """Read the inputs, search, pick particles and write the bundle (maps + particles)."""
     img, vol = read_inputs(cfg)
-    res = match_template(
-        img,
-        vol,
-        optics=cfg.optics_group,
-        defocus_search=cfg.defocus_search_config,
-        orientation_search=cfg.orientation_search_config,
-        preprocessing=cfg.preprocessing_filters,
-        compute=cfg.computational_config,
-        valid_crop=cfg.output.valid_crop,
-        resolution_limit=cfg.resolution_limit,
-        progress=progress,
-        config=config_dict or cfg.model_dump(mode="json"),
-    )
-    parts = find_particles(
-        res,
-        cfg.peaks,
-        micrograph_path=cfg.micrograph_path,
-        template_path=cfg.template_volume_path,
-    )
-    res.tables["particles"] = parts
-    res.metadata["micrograph_path"] = cfg.micrograph_path
-    res.metadata["template_path"] = cfg.template_volume_path
-    res.metadata["zscore_cutoff"] = zscore_cutoff(res, cfg.peaks)
+    res = match_template(img, vol, progress=progress, **search_kwargs(cfg, config_dict))
     path = Path(out or cfg.output.bundle_path)
-    res.save(path, overwrite=cfg.output.overwrite if overwrite is None else overwrite)
-    if cfg.output.particles_csv:
-        parts.to_csv(cfg.output.particles_csv, index=False)
-    if cfg.output.particles_star:
-        from corrscan.match2d.peaks import write_star
-
-        write_star(parts, cfg.output.particles_star)
+    parts = save_search(res, cfg, path, overwrite=overwrite)
     return res, parts, path
 
 
