@@ -89,8 +89,7 @@ def floor_rate() -> float:
         return 1.0 / float(np.median(times[2:]))
 
 
-def run_corrscan(tomo, tmpl, mask, rots, score, order, n_threads, fused=True):
-    fused = fused and n_threads == 1
+def run_corrscan(tomo, tmpl, mask, rots, score, order, n_threads):
     kw = dict(
         workers=n_threads,
         template_mask=mask,
@@ -99,11 +98,8 @@ def run_corrscan(tomo, tmpl, mask, rots, score, order, n_threads, fused=True):
         pad_edges=False,
         num_threads=n_threads,
         progress=False,
-        fused=fused,
     )
     with threads(n_threads):
-        if fused:  # compile the fused update kernel for this shape first (cached on disk)
-            match_template(tomo, tmpl, rotations=rots[:1], **kw)
         t_cpu, t_wall = time.process_time(), time.perf_counter()
         res = match_template(tomo, tmpl, rotations=rots, **kw)
         return time.process_time() - t_cpu, time.perf_counter() - t_wall, res

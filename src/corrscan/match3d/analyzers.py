@@ -40,32 +40,13 @@ import torch
 
 from corrscan.core.arrays import as_numpy
 from corrscan.errors import InputError
+from corrscan.match3d import kernels
 
 __all__ = [
     "MaxScoreOverRotations",
     "MaxScoreOverRotationsConstrained",
     "MaxScoreOverTranslations",
 ]
-
-
-_FUSED: dict[str, Any] = {}
-
-
-def _fused_update(scores, scale, cur, rot, idx):
-    """One pass: scale, strict-greater max update, index update, sum and sum of squares."""
-    s = scores * scale
-    take = s > cur
-    cur.copy_(torch.where(take, s, cur))
-    rot.copy_(torch.where(take, idx, rot))
-    return s.sum(), (s * s).sum()
-
-
-def _fused_kernel():
-    k = _FUSED.get("update")
-    if k is None:
-        k = torch.compile(_fused_update, dynamic=False, fullgraph=True)
-        _FUSED["update"] = k
-    return k
 
 
 def _key(matrix: np.ndarray) -> bytes:
@@ -166,8 +147,8 @@ class MaxScoreOverRotations:
         # exact per-rotation statistics over the reported region: index -> [sum, sumsq, count]
         self._stats: dict[int, list[float]] = {}
         self._take: torch.Tensor | None = None
-        #: use a ``torch.compile``-fused update kernel (one pass instead of ~6; set by
-        #: ``match_template`` for large CPU searches; falls back to eager if compiling fails)
+        #: one compiled pass per update on CPU (:func:`corrscan.match3d.kernels.max_update`)
+        #: instead of ~6 torch passes; set by ``match_template`` (needs numba)
         self.fused = False
 
     # ------------------------------------------------------------------ updates
@@ -251,25 +232,21 @@ class MaxScoreOverRotations:
     ) -> None:
         b = scores.shape[0]
         n = math.prod(self.shape)
-        if self.fused and b == 1:
-            try:
-                one = scale if scale is not None else torch.ones((), dtype=scores.dtype)
-                idx = torch.tensor(int(indices[0]), dtype=torch.int32)
-                s1, s2 = _fused_kernel()(scores[0], one, self._scores, self._rotations, idx)
-                st = self._stats.setdefault(int(indices[0]), [0.0, 0.0, 0])
-                st[0] += float(s1)
-                st[1] += float(s2)
+        if self.fused and kernels.AVAILABLE and scores.device.type == "cpu":
+            # one compiled pass (GIL released): scale, max/arg-max, per-map statistics
+            stats = kernels.max_update(
+                scores.detach().numpy(),
+                indices.tolist(),
+                self._scores.numpy(),
+                self._rotations.numpy(),
+                None if scale is None else scale.numpy(),
+            )
+            for i, (s1, s2) in zip(indices.tolist(), stats.tolist(), strict=True):
+                st = self._stats.setdefault(int(i), [0.0, 0.0, 0])
+                st[0] += s1
+                st[1] += s2
                 st[2] += n
-                return
-            except Exception as exc:  # pragma: no cover - depends on the compiler toolchain
-                import warnings
-
-                warnings.warn(
-                    f"fused analyzer kernel unavailable ({exc}); using eager torch",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                self.fused = False
+            return
         if scale is not None:
             scores = scores.mul_(scale)
         dims = tuple(range(1, scores.ndim))

@@ -11,15 +11,22 @@ vectors ordered ``(x, y, z)`` while arrays are ``(z, y, x)``; outside the box th
   ``grid_sample`` of 8 points per voxel instead of 64 gathers.
 
 This module keeps a fused, batched version of ``corrscan.core.projection.rotate_volume`` for
-the matching loop (one prepared object per template, no per-call set-up). On CPU the default
-backend (``"scipy"``) calls the core: order 3 is
-``rotate_volume(coefficients, R^T, order=3, prefiltered=True)`` on coefficients prefiltered
-once with :func:`corrscan.core.projection.bspline_prefilter` (core's CPU path evaluates the
-spline with ``scipy.ndimage.affine_transform(prefilter=False)``; mirror prefilter boundary, 0
-where the source lies outside the box); order 1 is ``affine_transform(order=1)``.
-``backend="torch"`` (the GPU path) prefilters the zero-padded template instead, so the two
-differ only where the template is not ~0 at its box edge; both are tested against a float64
-reference.
+the matching loop (one prepared object per template, no per-call set-up). Backends:
+
+* ``"torch"`` (the GPU path): the template is zero-padded and prefiltered once, each voxel is
+  8 trilinear ``grid_sample`` look-ups (order 3) or one (order 1).
+* ``"numba"`` (the CPU default when numba is installed): the same maths (same padded
+  coefficients, same zero outside) as compiled loops,
+  :func:`corrscan.match3d.kernels.rotate_points`, with the GIL released so worker threads
+  rotate in parallel.
+* ``"scipy"`` (the CPU fallback): order 3 is ``rotate_volume(coefficients, R^T, order=3,
+  prefiltered=True)`` on coefficients prefiltered once with
+  :func:`corrscan.core.projection.bspline_prefilter` (``scipy.ndimage.affine_transform
+  (prefilter=False)``; mirror prefilter boundary, 0 where the source lies outside the box);
+  order 1 is ``affine_transform(order=1)``.
+
+The scipy path differs from the other two only where the template is not ~0 at its box edge;
+all are tested against a float64 reference.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from scipy import ndimage
 
 from corrscan.core.projection import bspline_prefilter, rotate_volume
 from corrscan.errors import InputError
+from corrscan.match3d import kernels
 
 __all__ = ["TemplateRotator", "rotate_volume_reference"]
 
@@ -51,8 +59,8 @@ class TemplateRotator:
     """
 
     def __init__(self, volume: torch.Tensor, *, order: int = 3, backend: str = "auto") -> None:
-        if backend not in ("auto", "torch", "scipy"):
-            raise InputError(f"backend must be auto, torch or scipy, got {backend!r}")
+        if backend not in ("auto", "torch", "scipy", "numba"):
+            raise InputError(f"backend must be auto, torch, scipy or numba, got {backend!r}")
         if order not in (1, 3):
             raise InputError(f"interpolation_order must be 1 or 3, got {order}")
         if volume.ndim != 3:
@@ -62,11 +70,17 @@ class TemplateRotator:
         self.device = volume.device
         self.dtype = torch.float32
         if backend == "auto":
-            backend = "scipy" if self.device.type == "cpu" else "torch"
-        if backend == "scipy" and self.device.type != "cpu":
-            raise InputError("the scipy rotation backend runs on CPU tensors only")
+            if self.device.type != "cpu":
+                backend = "torch"
+            else:
+                backend = "numba" if kernels.AVAILABLE else "scipy"
+        if backend in ("scipy", "numba") and self.device.type != "cpu":
+            raise InputError(f"the {backend} rotation backend runs on CPU tensors only")
+        if backend == "numba" and not kernels.AVAILABLE:
+            raise InputError("the numba rotation backend needs numba (pip install numba)")
         self.backend = backend
         self._source_np: np.ndarray | None = None
+        self._numba_args: tuple | None = None
         self._core_coef: torch.Tensor | None = None
         if backend == "scipy" and order == 3:
             self._core_coef = bspline_prefilter(volume.detach().to(torch.float64)).to(self.dtype)
@@ -114,6 +128,8 @@ class TemplateRotator:
             rotations = rotations[None]
         if self.backend == "scipy":
             return self._scipy(rotations)
+        if self.backend == "numba":
+            return self._numba(rotations)
         vals = self._values(rotations)
         b = vals.shape[0]
         if self._all:
@@ -121,6 +137,23 @@ class TemplateRotator:
         out = torch.zeros((b, math.prod(self.shape)), dtype=vals.dtype, device=self.device)
         out[:, self._keep] = vals
         return out.reshape(b, *self.shape)
+
+    def _numba(self, rotations: torch.Tensor) -> torch.Tensor:
+        """CPU path: :func:`corrscan.match3d.kernels.rotate_points` (same maths as the
+        ``grid_sample`` path, compiled, GIL released; ~0.5 ms at order 1 and ~1.4 ms at order 3
+        for a 32^3 box)."""
+        if self._numba_args is None:
+            self._numba_args = (
+                np.ascontiguousarray(self._source.numpy()),
+                np.ascontiguousarray(self._points.numpy()),
+                np.ascontiguousarray(self._keep.numpy()),
+                (self._center_xyz + self._offset).numpy().astype(np.float32),
+            )
+        src, pts, keep, centre = self._numba_args
+        mats = rotations.detach().to(device="cpu", dtype=torch.float32).numpy()
+        out = np.zeros((len(mats), math.prod(self.shape)), dtype=np.float32)
+        kernels.rotate_points(src, pts, keep, mats, centre, self.order, out)
+        return torch.from_numpy(out).reshape(len(mats), *self.shape)
 
     def _scipy(self, rotations: torch.Tensor) -> torch.Tensor:
         """CPU path: order 3 through :func:`corrscan.core.projection.rotate_volume` (``V(R r)``

@@ -45,6 +45,7 @@ from corrscan.core.fourier import next_fast_len
 from corrscan.core.progress import track
 from corrscan.core.threads import torch_threads
 from corrscan.errors import InputError
+from corrscan.match3d import kernels
 from corrscan.match3d.analyzers import MaxScoreOverRotations, MaxScoreOverRotationsConstrained
 from corrscan.match3d.filters import FilterConfig, apply_filter, target_filter, template_filter
 from corrscan.match3d.results import MatchResult
@@ -215,7 +216,7 @@ def prepare_search(
     ``fused``, ``num_threads`` and ``workers`` default from the WHOLE search (FFT box size,
     rotations x boxes), so separately run tasks use the same kernels as the one-shot search;
     :func:`search_task` runs one task on the calling thread whatever ``workers`` is (pass
-    ``workers=1`` for tasks run elsewhere: the fused update is off when ``workers > 1``).
+    ``workers=1`` for tasks run elsewhere).
 
     Returns
     -------
@@ -335,7 +336,7 @@ def prepare_search(
 
     # ------------------------------------------------------------ execution plan
     if batch_size is None:
-        batch_size = 1 if dev.type == "cpu" else 8
+        batch_size = 2 if dev.type == "cpu" else 8  # CPU: one complex FFT pair per 2 rotations
     batch_size = max(1, int(batch_size))
     big = max(
         math.prod(
@@ -360,9 +361,8 @@ def prepare_search(
             raise InputError("workers > 1 is for CPU searches; on a GPU use batch_size")
         num_threads = 1
     if fused is None:
-        fused = dev.type == "cpu" and big >= 96**3 and n_rot * len(boxes) >= 2000
-    # (the compiled kernel is not shared between worker threads)
-    fused = bool(fused) and batch_size == 1 and n_workers == 1
+        fused = dev.type == "cpu" and kernels.AVAILABLE
+    fused = bool(fused) and dev.type == "cpu" and kernels.AVAILABLE
 
     g_t = torch.from_numpy(g).to(dev)
     m_t = torch.from_numpy(mask).to(dev)
@@ -757,8 +757,10 @@ def match_template(
         correlation wraps around. Default: off for one box (circular over the FFT box, like
         pyTME), on when the target is split (required).
     batch_size
-        Rotations per FFT call (default 1 on CPU, where caches favour single transforms;
-        planned from free memory on a GPU).
+        Rotations per step. Default 2 on CPU, where each pair of rotations shares one complex
+        FFT pair (:mod:`corrscan.match3d.scores`, "paired transforms"; results depend on the
+        pairing at the rounding level, so compare searches with equal batch sizes); 8 on a
+        GPU (batched real transforms).
     constraints
         Position/orientation-constrained search: ``{"positions": (n, 3) (z, y, x),
         "rotations": (n, 3, 3) or None, "cone_angle": deg or None, "acceptance_radius":
@@ -783,10 +785,10 @@ def match_template(
         ``96^3`` voxels with ``num_threads`` unset, torch's thread count (as memory allows),
         else 1.
     fused
-        Fuse normalisation, max/argmax update and statistics into one ``torch.compile``d
-        kernel (one pass over the score map instead of about six). Default: on for CPU
-        searches with FFT boxes of at least ``96^3`` voxels and at least 2000 rotation-boxes
-        (compiling costs seconds to a minute once per shape; then cached on disk by torch).
+        Fuse normalisation, max/argmax update and statistics into one compiled pass over the
+        score maps (:func:`corrscan.match3d.kernels.max_update`, numba, GIL released, so
+        worker threads update in parallel) instead of about six torch passes. Default: on for
+        CPU searches when numba is installed (compiled once, cached on disk).
 
     Returns
     -------
