@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from corrscan.core.ctf import ctf_1d
-from corrscan.errors import InputError
+from corrscan.errors import ConfigError, FileFormatError, InputError
 from corrscan.match3d.filters import (
     FilterConfig,
     apply_filter,
@@ -148,3 +149,109 @@ def test_whitening_flattens_coloured_noise(rng):
     rband = lambda lo, hi: float(raw[(k > lo) & (k < hi)].mean())  # noqa: E731
     assert rband(0.05, 0.1) / rband(0.35, 0.45) > 10
     assert 0.5 < band(0.05, 0.1) / band(0.35, 0.45) < 2.0
+
+
+# --------------------------------------------------------------------- tilt metadata files
+_WARP_XML = """<?xml version="1.0" encoding="utf-8"?>
+<TiltSeries AreAnglesInverted="False">
+  <Angles>-6
+-3
+0
+3</Angles>
+  <Dose>7.5
+5
+0
+2.5</Dose>
+  <UseTilt>True
+False
+True
+True</UseTilt>
+  <CTF>
+    <Param Name="PixelSize" Value="2" />
+    <Param Name="Voltage" Value="200" />
+    <Param Name="Cs" Value="2.1" />
+    <Param Name="Amplitude" Value="0.1" />
+    <Param Name="Defocus" Value="3.2" />
+  </CTF>
+  <GridCTF Width="1" Height="1" Depth="4">
+    <Node X="0" Y="0" Z="0" Value="3.4" />
+    <Node X="0" Y="0" Z="1" Value="3.3" />
+    <Node X="0" Y="0" Z="2" Value="3.2" />
+    <Node X="0" Y="0" Z="3" Value="3.1" />
+  </GridCTF>
+</TiltSeries>
+"""
+_SMALL = (16, 16, 16)
+
+
+def test_filter_from_warp_xml_equals_filter_from_numbers(tmp_path):
+    xml = tmp_path / "TS_01.xml"
+    xml.write_text(_WARP_XML)
+    common = dict(tilt_weighting="relion", ctf_mode="per-tilt", ctf_correction="raw")
+    from_file = FilterConfig(tilt_file=str(xml), **common)
+    direct = FilterConfig(
+        tilt_angles=[-6.0, 0.0, 3.0],  # UseTilt=False tilt (-3) dropped
+        dose_per_tilt=[7.5, 0.0, 2.5],
+        defocus=[34000.0, 32000.0, 31000.0],  # GridCTF, µm -> Å
+        voltage=200.0,
+        spherical_aberration=2.1,
+        amplitude_contrast=0.1,
+        **common,
+    )
+    assert from_file.tilt_angles == direct.tilt_angles
+    np.testing.assert_allclose(from_file.defocus, direct.defocus)
+    a = template_filter(_SMALL, 2.0, from_file)
+    b = template_filter(_SMALL, 2.0, direct)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-7)
+    assert float(a.abs().max()) > 0.1  # a real filter, not all zeros
+
+
+def test_tilt_file_explicit_fields_win_and_yaml(tmp_path):
+    tlt = tmp_path / "TS_01.tlt"
+    tlt.write_text("-40\n-20\n0\n20\n40\n")
+    cfg = FilterConfig(tilt_file=str(tlt), tilt_weighting="angle")
+    assert cfg.tilt_angles == [-40.0, -20.0, 0.0, 20.0, 40.0]
+    direct = FilterConfig(tilt_angles=[-40, -20, 0, 20, 40], tilt_weighting="angle")
+    assert torch.equal(template_filter(_SMALL, 1.0, cfg), template_filter(_SMALL, 1.0, direct))
+    xml = tmp_path / "TS_01.xml"
+    xml.write_text(_WARP_XML)
+    cfg = FilterConfig(tilt_file=xml, dose_per_tilt=2.0, defocus=None, voltage=300.0)
+    assert cfg.dose_per_tilt == 2.0 and cfg.defocus is None and cfg.voltage == 300.0
+    assert cfg.tilt_angles == [-6.0, 0.0, 3.0] and cfg.spherical_aberration == 2.1
+    # an explicit continuous wedge keeps the file's angles out
+    cfg = FilterConfig(tilt_file=xml, wedge=(-60.0, 60.0))
+    assert cfg.tilt_angles is None and cfg.defocus == [34000.0, 32000.0, 31000.0]
+    # YAML, and a dumped config rebuilds without the file (values are explicit by then)
+    y = tmp_path / "filters.yaml"
+    y.write_text(f"tilt_file: {xml}\ntilt_weighting: relion\n")
+    loaded = FilterConfig.from_yaml(y)
+    assert loaded.dose_per_tilt == [7.5, 0.0, 2.5]
+    xml.unlink()
+    again = FilterConfig.from_dict(loaded.model_dump(mode="json"))
+    assert again == loaded
+
+
+def test_tilt_file_explicit_angles_and_errors(tmp_path):
+    xml = tmp_path / "TS_01.xml"
+    xml.write_text(_WARP_XML)
+    all_four = FilterConfig(tilt_file=str(xml), tilt_angles=[-6, -3, 0, 3])
+    assert all_four.dose_per_tilt == [7.5, 5.0, 0.0, 2.5]  # the full list matches
+    used = FilterConfig(tilt_file=str(xml), tilt_angles=[-6.5, 0.5, 3.5])
+    assert used.dose_per_tilt == [7.5, 0.0, 2.5]
+    with pytest.raises(ConfigError, match="do not match the 2 tilt_angles"):
+        FilterConfig.from_dict({"tilt_file": str(xml), "tilt_angles": [0.0, 1.0]})
+    with pytest.raises(FileFormatError, match="absent.mdoc"):
+        FilterConfig(tilt_file=str(tmp_path / "absent.mdoc"))
+    with pytest.raises(ValidationError, match="frozen"):
+        all_four.tilt_file = "other.tlt"
+    ctffind = tmp_path / "diagnostic_output.txt"
+    ctffind.write_text(
+        "# Output from CTFFind version 4.1.14\n"
+        "1 31000 30000 10 0.0 0.03 6.0\n2 30000 29000 10 3.14159265 0.03 6.0\n"
+    )
+    cfg = FilterConfig(tilt_file=str(ctffind))
+    assert cfg.tilt_angles is None and cfg.defocus == [30500.0, 29500.0]
+    assert cfg.phase_shift == pytest.approx(90.0, abs=1e-5)
+    # 3D CTF from the mean defocus
+    ref = FilterConfig(defocus=30000.0, phase_shift=cfg.phase_shift)
+    assert torch.equal(template_filter(_SMALL, 2.0, cfg), template_filter(_SMALL, 2.0, ref))

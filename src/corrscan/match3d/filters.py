@@ -29,20 +29,33 @@ plane ``k . b = 0`` of Fourier space.
   0.5 at each cut-off).
 * **Whitening**: ``1/sqrt(P(|k|))`` of the tomogram's own radially averaged power spectrum
   (``corrscan.core.fourier.whitening_filter``), applied to template and target.
+* **Tilt metadata file** ``tilt_file``: read once when the config is built
+  (:func:`corrscan.core.io.tilt.read_tilt_metadata`: IMOD ``.tlt``/text, SerialEM ``.mdoc``,
+  Warp/M ``.xml``, ``.tomostar`` / RELION 5 STAR, CTFFIND4 output). It fills only the fields
+  the config does not set itself (explicit fields, even ``null``, win): ``tilt_angles``,
+  ``dose_per_tilt`` (the file's accumulated pre-exposure per tilt), ``defocus`` (per tilt, Å,
+  the mean of U and V), ``voltage``, ``spherical_aberration``, ``amplitude_contrast`` and
+  ``phase_shift`` (mean of the file's per-tilt values). Tilts the file marks as excluded
+  (Warp ``UseTilt=False``) are **dropped** (pyTME instead keeps them with weight 1e-4; with
+  corrscan's overlap averaging such a weight would also halve the weight of every slab it
+  crosses, so dropping is the faithful choice). When ``tilt_angles`` is given explicitly the
+  file's per-tilt values are used if their count matches it (all tilts, or only the used
+  ones). ``tilt_file`` cannot be reassigned after construction.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from corrscan.core.config import Config
 from corrscan.core.ctf import ctf_1d
 from corrscan.core.fourier import bandpass_filter, fftfreq_grid, whitening_filter
-from corrscan.errors import InputError
+from corrscan.errors import ConfigError, InputError
 
 __all__ = [
     "FilterConfig",
@@ -81,6 +94,31 @@ class FilterConfig(Config):
     wiener_b_factor: float = Field(100.0, ge=0, description="B (Å²) of the Wiener SNR model")
     whiten: bool = False
     filter_target: bool = True
+    tilt_file: str | None = Field(
+        None,
+        frozen=True,
+        description="tilt metadata file (.tlt/.rawtlt/text, .mdoc, Warp .xml, .tomostar/.star, "
+        "CTFFIND4 output) filling tilt_angles, dose_per_tilt, defocus and microscope settings "
+        "that are not given explicitly",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_tilt_file(cls, data: Any) -> Any:
+        """Fill the fields the input does not give from ``tilt_file`` (see module docstring)."""
+        if not isinstance(data, dict) or data.get("tilt_file") is None:
+            return data
+        data = dict(data)
+        if isinstance(data["tilt_file"], os.PathLike):
+            data["tilt_file"] = os.fspath(data["tilt_file"])
+        if not isinstance(data["tilt_file"], str):
+            return data  # the field validation reports the wrong type
+        missing = [k for k in _FROM_TILT_FILE if k not in data]
+        if data.get("wedge") is not None:  # an explicit continuous wedge: no tilt list
+            missing = [k for k in missing if k not in ("tilt_angles", "dose_per_tilt")]
+        if missing:
+            data.update(_values_from_tilt_file(data["tilt_file"], data, missing))
+        return data
 
     def is_identity(self) -> bool:
         """True when no template filter is configured."""
@@ -92,6 +130,61 @@ class FilterConfig(Config):
             and self.defocus is None
             and not self.whiten
         )
+
+
+_FROM_TILT_FILE = (
+    "tilt_angles",
+    "dose_per_tilt",
+    "defocus",
+    "voltage",
+    "spherical_aberration",
+    "amplitude_contrast",
+    "phase_shift",
+)
+
+
+def _values_from_tilt_file(path: str, data: dict[str, Any], missing: list[str]) -> dict[str, Any]:
+    """Config values for the ``missing`` fields from a tilt metadata file.
+
+    Excluded tilts (``use == False``) are dropped. Per-tilt arrays follow the final tilt list:
+    the used tilts when the angles come from the file (or an explicit list of that length),
+    all tilts when an explicit list has the file's full length; otherwise ConfigError.
+    """
+    from corrscan.core.io.tilt import read_tilt_metadata
+
+    meta = read_tilt_metadata(path)
+    keep = meta.use
+    out: dict[str, Any] = {}
+    if "tilt_angles" in missing and meta.tilt_angles is not None:
+        out["tilt_angles"] = meta.tilt_angles[keep].tolist()
+    angles = out.get("tilt_angles", data.get("tilt_angles"))
+    try:
+        n_used = len(angles) if angles is not None else None
+    except TypeError:
+        n_used = None  # an invalid explicit value: its own validation reports it
+
+    def per_tilt(values: np.ndarray, name: str) -> np.ndarray:
+        if n_used is None or n_used == int(keep.sum()):
+            return values[keep]
+        if n_used == values.size:
+            return values
+        raise ConfigError(
+            f"tilt_file {path}: {values.size} {name} values ({int(keep.sum())} used tilts) "
+            f"do not match the {n_used} tilt_angles given"
+        )
+
+    if "dose_per_tilt" in missing and meta.accumulated_dose is not None:
+        out["dose_per_tilt"] = per_tilt(meta.accumulated_dose, "dose").tolist()
+    if "defocus" in missing and meta.defocus is not None:
+        out["defocus"] = per_tilt(meta.defocus, "defocus").tolist()
+    if "phase_shift" in missing and meta.phase_shift is not None:
+        out["phase_shift"] = float(np.mean(per_tilt(meta.phase_shift, "phase shift")))
+    scalars = {"voltage": meta.voltage, "spherical_aberration": meta.cs,
+               "amplitude_contrast": meta.amplitude_contrast}  # fmt: skip
+    for k, v in scalars.items():
+        if k in missing and v is not None:
+            out[k] = float(v)
+    return out
 
 
 def _freq_xyz(shape: tuple[int, ...]) -> torch.Tensor:

@@ -18,7 +18,8 @@ pickle)::
 
 Tables (:meth:`MatchResult.peaks`) are pandas DataFrames with voxel positions ``z, y, x``
 (origin: first voxel's centre), Å positions, score, rotation index, the 3x3 matrix and RELION
-angles; :func:`write_table` writes CSV or RELION 4 / 5 STAR.
+angles; :func:`write_table` writes CSV, RELION 4 / 5 STAR or a Dynamo ``.tbl``
+(:func:`read_table` reads them back).
 
 RELION dialects: **4** ``_rlnCoordinateX/Y/Z`` in voxels (origin first voxel),
 ``_rlnAngleRot/Tilt/Psi``, ``_rlnTomoName``, ``_rlnDetectorPixelSize``; **5**
@@ -39,7 +40,15 @@ import pandas as pd
 from corrscan.errors import CorrscanError, FileFormatError, InputError, ResultExistsError
 from corrscan.match3d.rotations import matrices_to_relion_euler, relion_euler_to_matrices
 
-__all__ = ["RESULT_FORMAT", "MatchResult", "read_table", "write_table"]
+__all__ = [
+    "DYNAMO_COLUMNS",
+    "RESULT_FORMAT",
+    "MatchResult",
+    "dynamo_euler_to_matrices",
+    "matrices_to_dynamo_euler",
+    "read_table",
+    "write_table",
+]
 
 #: ``result_format`` of the match3d part of a bundle's ``metadata.json``
 RESULT_FORMAT = "corrscan.match3d.result/2"
@@ -258,7 +267,108 @@ class MatchResult:
 
 
 # ---------------------------------------------------------------------- tables
-TableFormat = Literal["csv", "relion4", "relion5"]
+TableFormat = Literal["csv", "relion4", "relion5", "dynamo"]
+
+#: Dynamo table columns (1-based numbers in Dynamo's ``dthelp``; Dynamo wiki "Table convention")
+DYNAMO_COLUMNS = (
+    "tag", "aligned", "averaged", "dx", "dy", "dz", "tdrot", "tilt", "narot", "cc", "cc2",
+    "cpu", "ftype", "ymintilt", "ymaxtilt", "xmintilt", "xmaxtilt", "fs1", "fs2", "tomo",
+    "reg", "class", "annotation", "x", "y", "z",
+)  # fmt: skip
+_DYNAMO_WIDTH = 35  # columns written (27-35: zeros)
+
+
+def _rz(deg: np.ndarray) -> np.ndarray:
+    a = np.deg2rad(np.asarray(deg, dtype=np.float64))
+    c, s = np.cos(a), np.sin(a)
+    out = np.zeros((*a.shape, 3, 3))
+    out[..., 0, 0], out[..., 0, 1], out[..., 1, 0], out[..., 1, 1] = c, -s, s, c
+    out[..., 2, 2] = 1.0
+    return out
+
+
+def _rx(deg: np.ndarray) -> np.ndarray:
+    a = np.deg2rad(np.asarray(deg, dtype=np.float64))
+    c, s = np.cos(a), np.sin(a)
+    out = np.zeros((*a.shape, 3, 3))
+    out[..., 0, 0] = 1.0
+    out[..., 1, 1], out[..., 1, 2], out[..., 2, 1], out[..., 2, 2] = c, -s, s, c
+    return out
+
+
+def dynamo_euler_to_matrices(angles: np.ndarray) -> np.ndarray:
+    """Dynamo ``(tdrot, tilt, narot)`` (degrees, ``(..., 3)``) -> template rotations ``M``.
+
+    Dynamo's matrix (``dynamo_euler2matrix``) is the extrinsic z-x-z product
+    ``D = Rz(narot) Rx(tilt) Rz(tdrot)`` (right-handed ``R``, acting on ``(x, y, z)``); the
+    angles describe the rotation that brings the template onto the particle, each step
+    turning the particle *clockwise* about its z, new x, new z axes (Dynamo wiki "Euler angles
+    convention"). The active rotation taking the template to the particle, corrscan's ``M``
+    (``g_M(r) = g(M^T r)``), is therefore ``M = D^T = Rz(-tdrot) Rx(-tilt) Rz(-narot)``; the
+    particle's z axis points along ``M e_z = (sin tilt sin tdrot, sin tilt cos tdrot, cos
+    tilt)`` (``tdrot`` sets the tilt direction, ``narot`` spins about the new axis). This is the
+    same rule as for RELION angles (template-to-particle matrix = transpose of the angles'
+    matrix; alisterburt/eulerangles notes), and gives the known correspondence RELION
+    ``(rot, tilt, psi) = (narot - 90, tilt, tdrot + 90)``.
+    """
+    a = np.asarray(angles, dtype=np.float64)
+    d = _rz(a[..., 2]) @ _rx(a[..., 1]) @ _rz(a[..., 0])
+    return np.swapaxes(d, -1, -2)
+
+
+def matrices_to_dynamo_euler(matrices: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`dynamo_euler_to_matrices`: ``M`` ``(..., 3, 3)`` -> ``(tdrot, tilt,
+    narot)`` degrees, ``tilt`` in [0, 180], the others in (-180, 180]. At ``tilt`` 0 or 180 only
+    ``tdrot ± narot`` is defined: ``tdrot`` is set to 0.
+    """
+    d = np.swapaxes(np.asarray(matrices, dtype=np.float64), -1, -2)  # D = Rz(n) Rx(t) Rz(d)
+    tilt = np.rad2deg(np.arccos(np.clip(d[..., 2, 2], -1.0, 1.0)))
+    sin_t = np.hypot(d[..., 0, 2], d[..., 1, 2])
+    regular = sin_t > 1e-9
+    tdrot = np.where(regular, np.rad2deg(np.arctan2(d[..., 2, 0], d[..., 2, 1])), 0.0)
+    narot = np.where(
+        regular,
+        np.rad2deg(np.arctan2(d[..., 0, 2], -d[..., 1, 2])),
+        np.rad2deg(np.arctan2(d[..., 1, 0], d[..., 0, 0])),  # D = Rz(narot) Rx(0 or 180)
+    )
+    out = np.stack([tdrot, tilt, narot], axis=-1)
+    out = np.where(out <= -180.0, out + 360.0, out)
+    return out
+
+
+def _table_matrices(df: pd.DataFrame) -> np.ndarray:
+    """``(n, 3, 3)`` template rotations from ``r00..r22`` or else RELION ``rot, tilt, psi``."""
+    cols = [f"r{i}{j}" for i in range(3) for j in range(3)]
+    if all(c in df for c in cols):
+        return df[cols].to_numpy(dtype=np.float64).reshape(-1, 3, 3)
+    if all(c in df for c in ("rot", "tilt", "psi")):
+        return relion_euler_to_matrices(df[["rot", "tilt", "psi"]].to_numpy(dtype=np.float64))
+    raise InputError("the table needs rotation columns r00..r22 or RELION angles rot, tilt, psi")
+
+
+def _write_dynamo(df: pd.DataFrame, path: Path, *, tomo_number: int) -> None:
+    n = len(df)
+    mats = _table_matrices(df) if n else np.zeros((0, 3, 3))
+    eul = matrices_to_dynamo_euler(mats) if n else np.zeros((0, 3))
+    t = np.zeros((n, _DYNAMO_WIDTH))
+    col = {name: i for i, name in enumerate(DYNAMO_COLUMNS)}
+    t[:, col["tag"]] = np.arange(1, n + 1)
+    t[:, col["aligned"]] = 1
+    t[:, col["averaged"]] = 1
+    t[:, col["tdrot"] : col["narot"] + 1] = eul
+    if "score" in df:
+        t[:, col["cc"]] = df["score"].to_numpy(dtype=np.float64)
+    t[:, col["tomo"]] = tomo_number
+    t[:, col["class"]] = 1
+    for axis in "xyz":  # Dynamo counts voxels from 1 (wiki "Volume center")
+        t[:, col[axis]] = df[axis].to_numpy(dtype=np.float64) + 1.0
+    if not np.all(np.isfinite(t)):
+        raise InputError("the table has non-finite positions, angles or scores")
+    ints = {col[c] for c in ("tag", "aligned", "averaged", "tomo", "class")}
+    lines = [
+        " ".join(f"{int(v)}" if j in ints else f"{v:.6f}" for j, v in enumerate(row)) for row in t
+    ]
+    path.write_text("\n".join(lines) + ("\n" if lines else ""))
 
 
 def write_table(
@@ -269,12 +379,25 @@ def write_table(
     tomo_name: str = "tomogram",
     pixel_size: float | None = None,
     shape: tuple[int, int, int] | None = None,
+    tomo_number: int = 1,
 ) -> Path:
-    """Write an orientations table as CSV or RELION 4 / 5 STAR (see module docstring)."""
+    """Write an orientations table as CSV, RELION 4 / 5 STAR or a Dynamo ``.tbl``.
+
+    ``fmt="dynamo"``: one particle per line, whitespace-separated, 35 columns in Dynamo's
+    order (``DYNAMO_COLUMNS``; Dynamo wiki "Table convention"): ``tag`` 1..n, ``aligned`` =
+    ``averaged`` = 1, shifts ``dx, dy, dz`` = 0, Euler angles ``tdrot, tilt, narot`` (columns
+    7-9, :func:`matrices_to_dynamo_euler` of the table's matrices ``r00..r22``, else of its
+    RELION angles), ``cc`` = ``score`` (column 10), ``tomo`` = ``tomo_number`` (column 20),
+    ``class`` = 1, positions ``x, y, z`` in columns 24-26 **1-based** (Dynamo counts voxels
+    from 1: ``x_dynamo = x + 1``); every other column 0.
+    """
     path = Path(path)
     ps = float(pixel_size if pixel_size is not None else df.attrs.get("pixel_size", 1.0))
     if fmt == "csv":
         df.to_csv(path, index=False)
+        return path
+    if fmt == "dynamo":
+        _write_dynamo(df, path, tomo_number=tomo_number)
         return path
     import starfile
 
@@ -293,7 +416,7 @@ def write_table(
         out["rlnCenteredCoordinateYAngst"] = (df["y"].to_numpy(float) - h / 2.0) * ps
         out["rlnCenteredCoordinateZAngst"] = (df["z"].to_numpy(float) - d / 2.0) * ps
     else:
-        raise InputError(f"unknown table format {fmt!r}: use csv, relion4 or relion5")
+        raise InputError(f"unknown table format {fmt!r}: use csv, relion4, relion5 or dynamo")
     out["rlnAngleRot"] = df["rot"].to_numpy(float)
     out["rlnAngleTilt"] = df["tilt"].to_numpy(float)
     out["rlnAnglePsi"] = df["psi"].to_numpy(float)
@@ -308,7 +431,14 @@ def read_table(
     pixel_size: float | None = None,
     shape: tuple[int, int, int] | None = None,
 ) -> pd.DataFrame:
-    """Read a CSV or RELION 4/5 STAR orientations table back into ``z, y, x`` + matrices."""
+    """Read a CSV, RELION 4/5 STAR or Dynamo ``.tbl`` table back into ``z, y, x`` + matrices.
+
+    The format follows the suffix (``.csv``, ``.tbl``, else STAR). A Dynamo table gives
+    ``z, y, x`` = column 26/25/24 + shift ``dz/dy/dx`` - 1 (0-based voxels), the matrices
+    ``r00..r22`` of ``tdrot, tilt, narot`` (:func:`dynamo_euler_to_matrices`), the equivalent
+    RELION ``rot, tilt, psi``, ``score`` = ``cc`` and the Dynamo ``tag``, ``tomo``, ``class``
+    and angles (``tdrot``, ``dynamo_tilt``, ``narot``).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileFormatError(f"table not found: {path}")
@@ -322,11 +452,48 @@ def read_table(
         ) from None
 
 
+def _read_dynamo(path: Path) -> pd.DataFrame:
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) < len(DYNAMO_COLUMNS):
+            raise FileFormatError(
+                f"{path} line {i}: {len(parts)} columns, a Dynamo table needs at least "
+                f"{len(DYNAMO_COLUMNS)} (x, y, z in columns 24-26)"
+            )
+        try:
+            rows.append([float(v) for v in parts[: len(DYNAMO_COLUMNS)]])
+        except ValueError:
+            raise FileFormatError(f"{path} line {i}: non-numeric value in a Dynamo table") from None
+    t = np.asarray(rows, dtype=np.float64).reshape(-1, len(DYNAMO_COLUMNS))
+    if not np.all(np.isfinite(t)):
+        raise FileFormatError(f"{path}: non-finite values in a Dynamo table")
+    c = {name: t[:, i] for i, name in enumerate(DYNAMO_COLUMNS)}
+    eul = np.stack([c["tdrot"], c["tilt"], c["narot"]], axis=-1)
+    mats = dynamo_euler_to_matrices(eul)
+    rel = matrices_to_relion_euler(mats) if len(t) else np.zeros((0, 3))
+    out = pd.DataFrame({
+        "z": c["z"] + c["dz"] - 1.0, "y": c["y"] + c["dy"] - 1.0, "x": c["x"] + c["dx"] - 1.0,
+        "rot": rel[:, 0], "tilt": rel[:, 1], "psi": rel[:, 2], "score": c["cc"],
+        "tag": c["tag"].astype(np.int64), "tomo": c["tomo"].astype(np.int64),
+        "class": c["class"].astype(np.int64),
+        "tdrot": c["tdrot"], "dynamo_tilt": c["tilt"], "narot": c["narot"],
+    })  # fmt: skip
+    for i in range(3):
+        for j in range(3):
+            out[f"r{i}{j}"] = mats[:, i, j]
+    return out
+
+
 def _read_table(
     path: Path, *, pixel_size: float | None, shape: tuple[int, int, int] | None
 ) -> pd.DataFrame:
     if path.suffix.lower() == ".csv":
         return pd.read_csv(path)
+    if path.suffix.lower() == ".tbl":
+        return _read_dynamo(path)
     import starfile
 
     data = starfile.read(path, always_dict=True)
