@@ -159,3 +159,73 @@ def test_batch_skips_finished_and_reports_failures(tmp_path):
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "2 skipped" in r.output
+
+
+def test_template_from_atomic_model(tmp_path):
+    import pytest
+
+    from corrscan.core.io.mrc import read_mrc
+    from corrscan.match3d.template import build_template
+
+    atoms = [(0.0, 0.0, 0.0, "C"), (9.0, 1.0, 2.0, "N"), (4.0, 7.0, 1.0, "O"), (5.0, 2.0, 8.0, "S")]
+    pdb = tmp_path / "model.pdb"
+    pdb.write_text(
+        "\n".join(
+            f"ATOM  {i + 1:5d}  {el:<3s} ALA A{i + 1:4d}    {x:8.3f}{y:8.3f}{z:8.3f}  1.00 20.00"
+            f"          {el:>2s}"
+            for i, (x, y, z, el) in enumerate(atoms)
+        )
+        + "\nEND\n"
+    )
+    out, mask = tmp_path / "tmpl.mrc", tmp_path / "mask.mrc"
+    args = ["match3d", "template", str(pdb), str(out), "--pixel-size", "1.5", "--lowpass", "6"]
+    runner = CliRunner()
+    r = runner.invoke(app, [*args, "--invert", "--mask", str(mask)])
+    assert r.exit_code == 0, r.output
+    vol, vs = read_mrc(out)
+    expect, expect_mask = build_template(pdb, 1.5, lowpass_angstrom=6.0, invert_contrast=True)
+    assert vs == pytest.approx(1.5) and vol.shape == (12, 12, 12)  # 2 x 9 Å / 1.5 = 12
+    np.testing.assert_allclose(vol, expect, atol=1e-6 * np.abs(expect).max())
+    np.testing.assert_array_equal(read_mrc(mask)[0], expect_mask)
+    # refuses to overwrite; --box, --scramble-phases and --seed reach build_template
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "exists" in r.output
+    r = runner.invoke(
+        app, [*args, "--overwrite", "--box", "16", "--scramble-phases", "--seed", "3"]
+    )
+    assert r.exit_code == 0, r.output
+    expect, _ = build_template(pdb, 1.5, box=16, lowpass_angstrom=6.0, scramble_phases=True, seed=3)
+    np.testing.assert_allclose(read_mrc(out)[0], expect, atol=1e-6 * np.abs(expect).max())
+    # a missing model is a clean error
+    r = runner.invoke(app, ["match3d", "template", str(tmp_path / "no.pdb"), str(out),
+                            "--pixel-size", "1", "--overwrite"])  # fmt: skip
+    assert r.exit_code == 2 and "not found" in r.output
+
+
+def test_search_with_tilt_file_and_background_correction(tmp_path):
+    """``--tilt-file`` fills the wedge from an IMOD .tlt file (the same filter as the angles
+    given directly) and ``--background-correction`` records the correction."""
+    rng = np.random.default_rng(3)
+    write_mrc(tmp_path / "tomo.mrc", rng.normal(size=(20, 20, 20)).astype(np.float32), 4.0)
+    write_mrc(tmp_path / "tmpl.mrc", rng.normal(size=(8, 8, 8)).astype(np.float32), 4.0)
+    (tmp_path / "ts.tlt").write_text("\n".join(str(a) for a in range(-60, 61, 20)) + "\n")
+    base = ["match3d", "search", str(tmp_path / "tomo.mrc"), str(tmp_path / "tmpl.mrc")]
+    base += ["--n-rotations", "4", "--interpolation-order", "1"]
+    runner = CliRunner()
+    r = runner.invoke(
+        app, [*base, "-o", str(tmp_path / "a"), "--tilt-file", str(tmp_path / "ts.tlt")]
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(
+        app, [*base, "-o", str(tmp_path / "b"), "--tilt-angles", "-60,-40,-20,0,20,40,60"]
+    )
+    assert r.exit_code == 0, r.output
+    a, b = MatchResult.read(tmp_path / "a"), MatchResult.read(tmp_path / "b")
+    assert a.metadata["filters"]["tilt_angles"] == b.metadata["filters"]["tilt_angles"]
+    np.testing.assert_array_equal(a.scores, b.scores)
+    r = runner.invoke(
+        app, [*base, "-o", str(tmp_path / "c"), "--background-correction", "phase-scrambling"]
+    )
+    assert r.exit_code == 0, r.output
+    c = MatchResult.read(tmp_path / "c")
+    assert c.metadata["background_correction"]["method"] == "phase-scrambling"

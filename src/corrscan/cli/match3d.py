@@ -1,9 +1,10 @@
-"""CLI commands of the ``match3d`` job: ``search`` and ``peaks``.
+"""CLI commands of the ``match3d`` job: ``template``, ``search``, ``peaks`` and ``batch``.
 
 Example::
 
+    corrscan match3d template model.cif template.mrc --pixel-size 6.8 --lowpass 20
     corrscan match3d search tomo.mrc template.mrc -o result/ --score FLCSphericalMask \\
-        --angular-step 15 --wedge -60,60 --lowpass 20
+        --angular-step 15 --tilt-file TS_01.mdoc --lowpass 20
     corrscan match3d peaks result/ -o particles.star --format relion5 --n-false-positives 1
 """
 
@@ -67,18 +68,28 @@ def register(app: typer.Typer) -> None:
         highpass: float | None = typer.Option(None, help="High-pass cut-off, Å."),
         wedge: str | None = typer.Option(None, help="Continuous wedge 'min,max' degrees."),
         tilt_angles: str | None = typer.Option(None, help="Tilt angles 'a,b,...' or a file."),
+        tilt_file: Path | None = typer.Option(
+            None, help="Tilt metadata: .tlt/.rawtlt, .mdoc, Warp .xml, .tomostar, CTFFIND4."
+        ),
         tilt_axis: str = typer.Option("y", help="Tilt axis y|x."),
         tilt_weighting: str | None = typer.Option(None, help="angle|relion|grigorieff."),
         dose_per_tilt: float | None = typer.Option(None, help="e/Å² per tilt."),
         defocus: str | None = typer.Option(None, help="Defocus Å (one, or one per tilt)."),
         ctf_mode: str = typer.Option("3d", help="3d|per-tilt."),
         ctf_correction: str = typer.Option("phase-flip", help="phase-flip|raw|wiener."),
-        voltage: float = typer.Option(300.0, help="kV."),
-        spherical_aberration: float = typer.Option(2.7, help="mm."),
-        amplitude_contrast: float = typer.Option(0.07, help="Fraction."),
+        voltage: float | None = typer.Option(None, help="kV (default 300 or the tilt file's)."),
+        spherical_aberration: float | None = typer.Option(
+            None, help="mm (default 2.7 or the tilt file's)."
+        ),
+        amplitude_contrast: float | None = typer.Option(
+            None, help="Fraction (default 0.07 or the tilt file's)."
+        ),
         whiten: bool = typer.Option(False, help="Whiten with the tomogram's spectrum."),
         no_filter_target: bool = typer.Option(False, help="Do not band-pass/whiten the target."),
         invert_contrast: bool = typer.Option(False, help="Multiply the tomogram by -1."),
+        background_correction: str | None = typer.Option(
+            None, help="'phase-scrambling': subtract a phase-scrambled template's search."
+        ),
         splits: int = typer.Option(1, help="Pieces per axis of the tomogram."),
         pad_edges: bool | None = typer.Option(None, help="Pad boxes (default: when split)."),
         batch_size: int | None = typer.Option(None, help="Rotations per FFT call."),
@@ -110,7 +121,7 @@ def register(app: typer.Typer) -> None:
             if w is not None and len(w) != 2:
                 raise CorrscanError("--wedge takes two angles 'min,max'")
             df = _floats(defocus, "--defocus")
-            cfg = FilterConfig(
+            given = dict(
                 lowpass_angstrom=lowpass, highpass_angstrom=highpass,
                 wedge=None if w is None else (w[0], w[1]),
                 tilt_angles=_floats(tilt_angles, "--tilt-angles"), tilt_axis=tilt_axis,
@@ -120,7 +131,10 @@ def register(app: typer.Typer) -> None:
                 spherical_aberration=spherical_aberration,
                 amplitude_contrast=amplitude_contrast, whiten=whiten,
                 filter_target=not no_filter_target,
+                tilt_file=None if tilt_file is None else str(tilt_file),
             )  # fmt: skip
+            # options left unset take the config defaults, or the tilt file's values
+            cfg = FilterConfig(**{k: v for k, v in given.items() if v is not None})
             tomo = np.asarray(tomo, dtype=np.float32)
             if invert_contrast:
                 tomo = -tomo
@@ -139,14 +153,21 @@ def register(app: typer.Typer) -> None:
             if workers is not None or scheduler is not None:
                 from corrscan.distributed.search3d import run_search3d
 
+                if background_correction is not None:
+                    raise CorrscanError(
+                        "--background-correction runs in one process: drop --workers/"
+                        "--scheduler, or run the scrambled search separately"
+                    )
+
                 res = run_search3d(
                     tomo, tmpl, output, overwrite=overwrite, resume=resume,
                     workers=workers, scheduler=scheduler, **search_kwargs,
                 )  # fmt: skip
             else:
                 res = match_template(
-                    tomo, tmpl, workers=threads if device == "cpu" else None, **search_kwargs
-                )
+                    tomo, tmpl, workers=threads if device == "cpu" else None,
+                    background_correction=background_correction, **search_kwargs,
+                )  # fmt: skip
                 res.write(output, overwrite=overwrite)
         except (CorrscanError, ValueError) as exc:
             _fail(exc)
@@ -243,5 +264,42 @@ def register(app: typer.Typer) -> None:
             for _, row in summary[summary["status"] == "failed"].iterrows():
                 typer.echo(f"  failed {row['input']}: {row['error']}", err=True)
             raise typer.Exit(1)
+
+    @sub.command("template")
+    def template(
+        model: Path = typer.Argument(..., help="Atomic model (.pdb/.ent/.cif/.mmcif/.gro)."),
+        out: Path = typer.Argument(..., help="Output template map (.mrc)."),
+        pixel_size: float = typer.Option(..., help="Å/voxel (use the tomogram's)."),
+        box: int | None = typer.Option(None, help="Cubic box edge (default 2x the extent)."),
+        lowpass: float | None = typer.Option(None, help="Gaussian low-pass cut-off, Å."),
+        invert: bool = typer.Option(False, help="Invert the contrast (dark protein)."),
+        scramble_phases: bool = typer.Option(False, help="Phase-scrambled (noise) template."),
+        seed: int = typer.Option(42, help="Seed of the phase scrambling."),
+        selection: str = typer.Option("all", help="all|heavy|CA|backbone."),
+        b_factor: float = typer.Option(20.0, help="Atom B-factor, Å² (Gaussian width)."),
+        mask: Path | None = typer.Option(None, help="Also write the spherical mask here."),
+        overwrite: bool = typer.Option(False, help="Replace existing output files."),
+    ) -> None:
+        """Build a template map (and mask) from an atomic model; write MRC with the voxel size."""
+        from corrscan.core.io.mrc import write_mrc
+        from corrscan.match3d.template import build_template
+
+        try:
+            for p in (out, mask):
+                if p is not None and p.exists() and not overwrite:
+                    raise CorrscanError(f"{p} exists: pass --overwrite or choose another path")
+            if not model.exists():
+                raise CorrscanError(f"atomic model not found: {model}")
+            vol, msk = build_template(
+                model, pixel_size, box=box, lowpass_angstrom=lowpass, invert_contrast=invert,
+                scramble_phases=scramble_phases, seed=seed, selection=selection,
+                b_factor=b_factor,
+            )  # fmt: skip
+            write_mrc(out, vol, pixel_size)
+            if mask is not None:
+                write_mrc(mask, msk, pixel_size)
+        except (CorrscanError, ValueError) as exc:
+            _fail(exc)
+        typer.echo(f"{out}: template {'x'.join(map(str, vol.shape))} at {pixel_size:g} Å/voxel")
 
     app.add_typer(sub, name="match3d")

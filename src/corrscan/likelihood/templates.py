@@ -13,15 +13,14 @@ removed (it does not commute with the in-plane rotation; see :func:`finish_templ
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from corrscan.core.arrays import DeviceLike, resolve_device
-from corrscan.errors import FileFormatError, InputError
+from corrscan.core.io.structure import read_atoms  # re-exported (moved to the core layer)
+from corrscan.errors import InputError
 from corrscan.likelihood.grid import PolarGrid, ViewingGrid, euler_zyz_to_matrix
 from corrscan.likelihood.stacks import PolarTemplates
 from corrscan.likelihood.transform import fill_hermitian, volume_to_polar_templates
@@ -158,116 +157,6 @@ def atoms_to_polar_templates(
     return PolarTemplates(
         data.cpu(), grid, np.asarray(viewing.euler), np.asarray(viewing.weights), name
     )
-
-
-# ----------------------------------------------------------------------------- atom files
-def _read_pdb(path: Path) -> pd.DataFrame:
-    rows = []
-    with open(path, errors="replace") as fh:
-        for line in fh:
-            rec = line[:6]
-            if rec.startswith("ENDMDL"):
-                break  # first model only
-            if rec not in ("ATOM  ", "HETATM"):
-                continue
-            try:
-                x, y, z = float(line[30:38]), float(line[38:46]), float(line[46:54])
-            except ValueError as exc:
-                raise FileFormatError(f"{path}: bad coordinates in line {line.rstrip()!r}") from exc
-            name = line[12:16].strip()
-            elem = line[76:78].strip() if len(line) >= 78 else ""
-            rows.append(
-                {
-                    "record": rec.strip(),
-                    "name": name,
-                    "residue": line[17:20].strip(),
-                    "chain": line[21:22].strip(),
-                    "element": (elem or name[:1]).upper(),
-                    "x": x,
-                    "y": y,
-                    "z": z,
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def _read_mmcif(path: Path) -> pd.DataFrame:
-    cols: list[str] = []
-    rows = []
-    in_loop = in_atoms = False
-    with open(path, errors="replace") as fh:
-        for raw in fh:
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                if in_atoms and rows:
-                    break
-                in_loop = in_atoms = False if line.startswith("#") else in_loop
-                continue
-            if line == "loop_":
-                if in_atoms and rows:
-                    break
-                in_loop, in_atoms, cols = True, False, []
-                continue
-            if in_loop and line.startswith("_"):
-                if line.startswith("_atom_site."):
-                    in_atoms = True
-                    cols.append(line.split()[0][len("_atom_site.") :])
-                continue
-            if in_atoms:
-                if line.startswith(("_", "data_")):
-                    break
-                rows.append(shlex.split(line, posix=True))
-    if not rows:
-        raise FileFormatError(f"{path}: no _atom_site loop found (is it an mmCIF file?)")
-    df = pd.DataFrame([r[: len(cols)] for r in rows if len(r) >= len(cols)], columns=cols)
-    if "pdbx_PDB_model_num" in df:
-        df = df[df["pdbx_PDB_model_num"] == df["pdbx_PDB_model_num"].iloc[0]]
-    try:
-        out = pd.DataFrame(
-            {
-                "record": df.get("group_PDB", pd.Series(["ATOM"] * len(df))).to_numpy(),
-                "name": df.get("label_atom_id", df.get("auth_atom_id")).to_numpy(),
-                "residue": df.get("label_comp_id", df.get("auth_comp_id")).to_numpy(),
-                "chain": df.get("auth_asym_id", df.get("label_asym_id")).to_numpy(),
-                "element": df.get("type_symbol", df.get("label_atom_id")).str.upper().to_numpy(),
-                "x": df["Cartn_x"].astype(float).to_numpy(),
-                "y": df["Cartn_y"].astype(float).to_numpy(),
-                "z": df["Cartn_z"].astype(float).to_numpy(),
-            }
-        )
-    except KeyError as exc:
-        raise FileFormatError(f"{path}: mmCIF atom_site lacks column {exc}") from exc
-    return out
-
-
-def read_atoms(path: str | Path, *, selection: str = "all") -> pd.DataFrame:
-    """Atoms of a PDB (``.pdb``/``.ent``) or mmCIF (``.cif``/``.mmcif``) file (first model).
-
-    ``selection``: ``"all"``, ``"heavy"`` (no hydrogens), ``"CA"`` (alpha carbons) or
-    ``"backbone"`` (N, CA, C, O). Returns a DataFrame with ``record, name, residue, chain,
-    element, x, y, z`` (Å).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileFormatError(f"atom model not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix in (".pdb", ".ent"):
-        df = _read_pdb(path)
-    elif suffix in (".cif", ".mmcif"):
-        df = _read_mmcif(path)
-    else:
-        raise FileFormatError(f"{path}: unknown atom model format (use .pdb or .cif)")
-    if selection == "heavy":
-        df = df[df["element"] != "H"]
-    elif selection == "CA":
-        df = df[df["name"] == "CA"]
-    elif selection == "backbone":
-        df = df[df["name"].isin(["N", "CA", "C", "O"])]
-    elif selection != "all":
-        raise InputError(f"unknown atom selection {selection!r}: all, heavy, CA or backbone")
-    if df.empty:
-        raise FileFormatError(f"{path}: no atoms match selection {selection!r}")
-    return df.reset_index(drop=True)
 
 
 def templates_from_file(

@@ -714,6 +714,7 @@ def match_template(
     progress: bool | None = None,
     fused: bool | None = None,
     workers: int | None = None,
+    background_correction: str | None = None,
 ) -> MatchResult:
     """Exhaustive 3D template matching of ``template`` in ``tomogram``.
 
@@ -789,6 +790,11 @@ def match_template(
         score maps (:func:`corrscan.match3d.kernels.max_update`, numba, GIL released, so
         worker threads update in parallel) instead of about six torch passes. Default: on for
         CPU searches when numba is installed (compiled once, cached on disk).
+    background_correction
+        ``"phase-scrambling"`` (pyTME's option): the same search is run again with the
+        template's phases scrambled (:func:`corrscan.match3d.template.phase_scramble`, seed
+        42) and ``scores - (background - mean(background))`` is returned
+        (:func:`corrscan.match3d.background.correct_background`); twice the work.
 
     Returns
     -------
@@ -798,6 +804,29 @@ def match_template(
     t_start = time.perf_counter()
     if rotation_chunks < 1:
         raise InputError(f"rotation_chunks must be >= 1, got {rotation_chunks}")
+    if background_correction is not None:
+        if background_correction != "phase-scrambling":
+            raise InputError(
+                "background_correction must be None or 'phase-scrambling', "
+                f"got {background_correction!r}"
+            )
+        from corrscan.match3d.background import correct_background
+        from corrscan.match3d.template import phase_scramble
+
+        kw = dict(
+            template_mask=template_mask, target_mask=target_mask, score=score,
+            angular_step=angular_step, n_rotations=n_rotations, rotations=rotations,
+            symmetry=symmetry, cone_axis=cone_axis, cone_angle=cone_angle,
+            interpolation_order=interpolation_order, filters=filters, pixel_size=pixel_size,
+            target_splits=target_splits, rotation_chunks=rotation_chunks, pad_edges=pad_edges,
+            batch_size=batch_size, constraints=constraints, score_threshold=score_threshold,
+            overlap_ratio=overlap_ratio, device=device, num_threads=num_threads,
+            progress=progress, fused=fused, workers=workers,
+        )  # fmt: skip
+        result = match_template(tomogram, template, **kw)
+        scrambled = phase_scramble(as_numpy(template), seed=42)
+        background = match_template(tomogram, scrambled, **kw)
+        return correct_background(result, background, details={"seed": 42})
     prep = prepare_search(
         tomogram, template, template_mask=template_mask, target_mask=target_mask, score=score,
         angular_step=angular_step, n_rotations=n_rotations, rotations=rotations,
