@@ -140,9 +140,10 @@ class BoxScorer:
         opts = dict(device=self.device)
         n_extra = {"FLC": 2, "MCC": 5}.get(score, 0)
         if self.paired:
-            # complex full-size buffers, one per PAIR of rotations
+            # complex full-size buffers, one per PAIR of rotations; the forward transform is
+            # done in place in ``_spec`` (no separate zero-padded input buffer)
             p = (b + 1) // 2
-            self._pad = torch.zeros((p, *n), dtype=torch.complex64, **opts)
+            self._pad = torch.zeros(0, dtype=torch.complex64, **opts)
             self._spec = torch.empty((p, *n), dtype=torch.complex64, **opts)
             self._out = torch.empty((p, *n), dtype=torch.complex64, **opts)
             cshape = (p, *n)
@@ -237,15 +238,14 @@ class BoxScorer:
         out = self._slots(self._spec if spec is None else spec, b)
         if self.paired:
             p = out.shape[0]
-            pad = torch.view_as_real(self._pad[:p])  # (p, *n, 2)
             flipped = vols.flip((-3, -2, -1))
             for j in range(p):  # one transform per pair: MKL's batched 3D FFTs are slower
-                pad[j, :s0, :s1, :s2, 0] = flipped[2 * j]
+                out[j].zero_()
+                pad = torch.view_as_real(out[j])
+                pad[:s0, :s1, :s2, 0] = flipped[2 * j]
                 if 2 * j + 1 < b:
-                    pad[j, :s0, :s1, :s2, 1] = flipped[2 * j + 1]
-                else:
-                    pad[j, :s0, :s1, :s2, 1] = 0.0
-                torch.fft.fftn(self._pad[j], dim=self._dims, out=out[j])
+                    pad[:s0, :s1, :s2, 1] = flipped[2 * j + 1]
+                torch.fft.fftn(out[j], dim=self._dims, out=out[j])
             return out
         pad = self._pad[:b]
         pad[:, :s0, :s1, :s2] = vols.flip((-3, -2, -1))
@@ -263,18 +263,22 @@ class BoxScorer:
         keep: bool,
         b: int | None = None,
     ) -> torch.Tensor:
-        """``irfftn(T * spec)`` into ``out`` as ``(b, *fft_shape)`` real scores; ``keep=False``
-        overwrites ``spec``. Paired: ``ifftn`` into the complex ``out`` and the real view
-        (real parts = even items, imaginary parts = odd items; a copy for more than 2)."""
-        prod = spec * target_ft if keep else torch.mul(spec, target_ft, out=spec)
+        """``irfftn(T * spec)`` as ``(b, *fft_shape)`` real scores, in ``out`` (``keep=False``
+        overwrites ``spec``). Paired: ``ifftn`` in place, in ``spec`` (``keep=False``) or the
+        complex ``out``, returned as the real view (real parts = even items, imaginary parts
+        = odd items; a copy for more than 2)."""
         if self.paired:
-            p = prod.shape[0]
-            out = out[:p]
+            # in place (a smaller working set): the product goes to ``out`` (kept spec) or
+            # over ``spec``, and the inverse transform overwrites it
+            p = spec.shape[0]
+            dst = spec if not keep else out[:p]
+            torch.mul(spec, target_ft, out=dst)
             for j in range(p):
-                torch.fft.ifftn(prod[j], dim=self._dims, out=out[j])
+                torch.fft.ifftn(dst[j], dim=self._dims, out=dst[j])
             n = 2 * p if b is None else b
-            real = torch.view_as_real(out).movedim(-1, 1)  # (p, 2, *n)
+            real = torch.view_as_real(dst).movedim(-1, 1)  # (p, 2, *n)
             return real.reshape(2 * p, *self.fft_shape)[:n]
+        prod = spec * target_ft if keep else torch.mul(spec, target_ft, out=spec)
         out = out[: prod.shape[0]]
         for i in range(0, prod.shape[0], self.fft_batch):
             j = min(i + self.fft_batch, prod.shape[0])
