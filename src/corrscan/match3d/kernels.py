@@ -15,27 +15,16 @@ Two operations that torch does in several memory passes or with per-call overhea
 
 Both release the GIL (``nogil=True``), so rotation-parallel worker threads run them
 concurrently. :data:`AVAILABLE` is False when numba cannot be imported; callers then use torch.
-Compiled code is cached on disk by numba (``cache=True``).
+Compiled code is cached on disk by numba (``cache=True``); see :mod:`corrscan.core.jit`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from corrscan.core.jit import AVAILABLE, njit
+
 __all__ = ["AVAILABLE", "max_update", "rotate_points"]
-
-try:  # pragma: no cover - exercised implicitly; numba is a declared dependency
-    from numba import njit
-
-    AVAILABLE = True
-except Exception:  # pragma: no cover - broken or missing numba: torch fallbacks are used
-    AVAILABLE = False
-
-    def njit(*args, **kwargs):  # type: ignore[no-redef]
-        def wrap(f):
-            return f
-
-        return wrap
 
 
 # ---------------------------------------------------------------------------- rotation
