@@ -4,26 +4,78 @@ Usage::
 
     python benchmarks/match2d.py            # 512², 1024² (64³, 128³), 4096² (512³) if memory allows
     python benchmarks/match2d.py --quick    # 512² with a 64³ template only (< 1 minute)
+    python benchmarks/match2d.py --sizes 1024 --boxes 64     # one case
     python benchmarks/match2d.py --sizes 512 1024 --device cuda:0
 
-What is measured (same inputs and search for both tools: simulated micrograph, 5 defocus
-planes, whitening on, random orientations, orientation batch 16 unless ``--batch``):
+Same inputs and search for both tools: simulated micrograph, 5 defocus planes, whitening on,
+random orientations, orientation batch 16 unless ``--batch`` (4 at 4096² on the CPU).
 
-* **steady-state CCG/s**: two runs with ``n1`` and ``n2`` orientations;
-  ``rate = (n2 - n1) · n_defocus / (T2 - T1)`` removes the fixed per-call cost;
-* **start-up**: ``T1 - n1 · n_defocus / rate`` (preprocessing, planning; for the peer also
-  worker-process spawn and torch.compile);
-* **floor**: one batched ``irfft2`` at the micrograph size per CCG (batch 80 = 16 x 5; fewer
-  at large sizes), the transform neither tool can avoid; ``floor_pct = 100 · rate / floor``;
+Method
+------
+* **Steady-state CCG/s, measured inside one run** (not by differencing runs: the peer's
+  start-up varies by seconds between identical runs, which made differences useless). Each
+  tool's per-batch function is wrapped so that every completed orientation batch leaves a
+  timestamp ``(worker, time, CCGs)``:
+
+  - corrscan: ``corrscan.match2d.search._correlate_batch`` (called by every CPU worker thread
+    or GPU worker once per batch), patched in this process for the duration of the run;
+  - Leopard-EM: ``leopard_em.backend.core_match_template.do_iteration_statistics_updates_compiled``
+    (called once per orientation batch after the correlations, in the spawned worker
+    process). The wrapper is installed when this file is imported with the environment
+    variable ``CORRSCAN_BENCH_PEER_CLOCK`` set: the main process sets it around the peer call
+    and the spawned worker re-imports this file (as ``__mp_main__``), which installs it
+    there; the worker writes its timestamps to that file when its search loop returns.
+
+  Times are ``time.monotonic()`` (system-wide on Linux, so comparable across processes).
+  On a GPU each timestamp is a CUDA event recorded after the batch (no host synchronisation
+  per batch), converted to host time against one synchronised reference event per device.
+
+  Per worker, the first completed batch is warm-up (allocation, first-call paths, and for the
+  peer ``torch.compile``); the worker's steady rate is the CCGs of its later batches divided
+  by the time from its first to its last completion. The run's steady rate is the sum over
+  workers (corrscan's CPU workers run concurrently; the peer runs one worker process on the
+  CPU). A robust cross-check (median batch / median interval, summed over workers) is
+  printed in the comment line, with a warning when the two differ by more than 20 %.
+* **start-up**: ``total wall time of the call - CCGs / steady rate``, i.e. everything the
+  steady rate does not explain (preprocessing, planning, first-batch warm-up, result
+  assembly; for the peer also worker-process spawn, imports, ``torch.compile`` and shipping
+  the maps back). The time to the first completed batch is printed in the comment line.
+  For corrscan a small warm-up call runs first (imports), as for a user's second search in a
+  session; the peer pays its spawn and compilation on every call.
+* **Fallback for the peer** (only if no in-run timestamps come back, e.g. when this file is
+  not the ``__main__`` module so the spawned worker never imports it): the old differencing
+  ``(n2 - n1) · n_def / (T2 - T1)`` with ``n2`` chosen so that the differenced part lasts
+  about 30 s at the first run's rate, 3 repetitions, median; the comment line says so. Not
+  in ``--quick`` (peer=none there).
+* **floor**: the best rate of ``torch.fft.irfft2`` alone at the micrograph size (the one
+  transform per CCG neither tool can avoid), measured in three parallel layouts:
+
+  A. corrscan's own layout at that size, read from the run's metadata: ``W`` worker threads
+     (``len(workers)``) with torch single-threaded (:func:`corrscan.core.threads.torch_threads`
+     ``(1)`` around them, as the search does), each transforming its own batch of
+     ``n_defocus x chunk_orientations`` maps (the search's irfft2 batch);
+  B. one thread with torch's default intra-op threads (the caller's count), same batch;
+  C. one thread with torch's default intra-op threads, batch ``n_defocus x orientation
+     batch`` (capped by memory; the peer's batching).
+
+  Each layout is timed with a fresh output per call and with ``out=``, best of 5; all three
+  are printed in a comment line and **the floor is the fastest**, so ``floor_pct = 100 ·
+  rate / floor`` compares with the best any layout reaches (<= 100 % unless the machine's
+  load changed between the search and the floor). On a GPU: one worker, B = A.
 * **resolution-limited search** (corrscan only): the same search with
-  ``resolution_limit = 3 · pixel size`` (2/3 of Nyquist), speed-up reported;
+  ``resolution_limit = 3 · pixel size`` (2/3 of Nyquist), steady rate measured the same way;
+  ``reslimit_speedup`` is its rate over the full search's, and its ``floor_pct`` is relative
+  to the full-size floor (so above 100 % is the point: it beats what full-size FFTs allow).
 * **peer**: Leopard-EM 1.2's ``core_match_template`` (streamed backend, 1 stream) fed by its
-  own ``MatchTemplateManager`` preprocessing, when it is installed. Leopard-EM 1.2 creates
-  CUDA streams and synchronises unconditionally (peer quirk Q1), so on a CPU-only torch this
-  script installs a no-op shim for ``torch.cuda.Stream/stream/default_stream/synchronize/
-  empty_cache/ipc_collect`` and ``Tensor.record_stream``. The shim is applied at import time
-  so that Leopard-EM's spawned worker processes (which re-import this file) get it too; it
-  does nothing when CUDA is available.
+  own ``MatchTemplateManager`` preprocessing (not timed), when it is installed. Leopard-EM
+  1.2 creates CUDA streams and synchronises unconditionally (peer quirk Q1), so on a CPU-only
+  torch this script installs a no-op shim for ``torch.cuda.Stream/stream/default_stream/
+  synchronize/empty_cache/ipc_collect`` and ``Tensor.record_stream``. The shim is applied at
+  import time so that Leopard-EM's spawned worker processes (which re-import this file) get
+  it too; it does nothing when CUDA is available.
+
+Orientation counts give every worker at least 4 batches (3 steady intervals). The machine's
+load matters: run on a quiet machine for figures to quote.
 
 Output ends with lines
 ``RESULT job=match2d metric=<name> corrscan=<value> peer=<value|none> ratio=<x> floor_pct=<y>``.
@@ -33,9 +85,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import math
+import os
+import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -80,6 +136,132 @@ _install_cuda_shim()
 N_DEFOCUS = 5
 DEFOCUS = {"defocus_min": -400.0, "defocus_max": 400.0, "defocus_step": 200.0}
 PIXEL_SIZE = 1.0
+PEER_CLOCK_ENV = "CORRSCAN_BENCH_PEER_CLOCK"
+Event = tuple[object, float, int]  # (worker, host time s, CCGs of the batch)
+
+# ------------------------------------------------------------------------------------------
+# per-batch clock (CPU: host time; GPU: CUDA events, resolved after the run)
+# ------------------------------------------------------------------------------------------
+
+
+class BatchClock:
+    """Collects one timestamp per completed batch: ``(worker, time.monotonic(), n_ccg)``.
+
+    On a CUDA device :meth:`mark` records an event on the current stream (no host
+    synchronisation); the first mark on each device synchronises once to pair a reference
+    event with the host clock. :meth:`events` resolves them (call after the work is done).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._host: list[Event] = []
+        self._cuda: list[tuple[object, torch.device, object, int]] = []
+        self._ref: dict[torch.device, tuple[object, float]] = {}
+
+    def mark(self, worker: object, n: int, device: torch.device) -> None:
+        if device.type == "cuda":
+            with self._lock:
+                if device not in self._ref:
+                    ref = torch.cuda.Event(enable_timing=True)
+                    ref.record(torch.cuda.current_stream(device))
+                    ref.synchronize()
+                    self._ref[device] = (ref, time.monotonic())
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record(torch.cuda.current_stream(device))
+            with self._lock:
+                self._cuda.append((worker, device, ev, n))
+        else:
+            t = time.monotonic()
+            with self._lock:
+                self._host.append((worker, t, n))
+
+    def events(self) -> list[Event]:
+        out = list(self._host)
+        for worker, dev, ev, n in self._cuda:
+            ref, t0 = self._ref[dev]
+            ev.synchronize()  # type: ignore[attr-defined]
+            out.append((worker, t0 + ref.elapsed_time(ev) / 1000.0, n))  # type: ignore[attr-defined]
+        return sorted(out, key=lambda e: e[1])
+
+
+def steady_from_events(events: list[Event], skip: int = 1) -> dict[str, float] | None:
+    """Steady CCG/s from per-batch timestamps (see the module docstring).
+
+    Per worker: its first ``skip`` (>= 1) completions are warm-up; rate = CCGs of the
+    completions after completion ``skip`` / time from completion ``skip`` to its last one.
+    Summed over workers; ``median_rate`` uses the median batch and the median interval
+    instead. ``None`` if some worker has fewer than ``skip + 2`` completions.
+    """
+    by_worker: dict[object, list[tuple[float, int]]] = {}
+    for w, t, n in events:
+        by_worker.setdefault(w, []).append((t, n))
+    if not by_worker or skip < 1:
+        return None
+    rate = median_rate = 0.0
+    n_batches = []
+    for ev in by_worker.values():
+        ev.sort()
+        if len(ev) < skip + 2:
+            return None
+        times = [t for t, _ in ev[skip - 1 :]]  # reference completion, then the window
+        window = [n for _, n in ev[skip:]]
+        rate += sum(window) / max(times[-1] - times[0], 1e-9)
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        median_rate += statistics.median(window) / max(statistics.median(gaps), 1e-9)
+        n_batches.append(len(ev))
+    return {
+        "rate": rate,
+        "median_rate": median_rate,
+        "workers": len(by_worker),
+        "min_batches": min(n_batches),
+        "first_t": min(t for _, t, _ in events),
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# Leopard-EM worker clock (installed in the spawned worker process at import time)
+# ------------------------------------------------------------------------------------------
+
+
+def _install_peer_clock(path: str) -> None:
+    """Wrap Leopard-EM's per-batch statistics update (and its worker's search loop, which
+    writes the timestamps to ``path`` when it returns) in this process."""
+    try:
+        import importlib
+
+        # (the package re-exports a function of the same name as the module)
+        cmt = importlib.import_module("leopard_em.backend.core_match_template")
+    except Exception:  # pragma: no cover - peer missing: nothing to time
+        return
+    clock = BatchClock()
+    update = cmt.do_iteration_statistics_updates_compiled
+    loop = cmt._core_match_template_single_gpu
+
+    def timed_update(*args, **kwargs):
+        out = update(*args, **kwargs)
+        cc = kwargs["cross_correlation"] if "cross_correlation" in kwargs else args[0]
+        n = cc.numel() // (cc.shape[-1] * cc.shape[-2])
+        clock.mark(os.getpid(), int(n), cc.device)
+        return out
+
+    def timed_loop(*args, **kwargs):
+        out = loop(*args, **kwargs)
+        with open(path, "a") as f:
+            for w, t, n in clock.events():
+                f.write(f"{w} {t!r} {n}\n")
+        return out
+
+    cmt.do_iteration_statistics_updates_compiled = timed_update
+    cmt._core_match_template_single_gpu = timed_loop
+
+
+if os.environ.get(PEER_CLOCK_ENV) and __name__ != "__main__":
+    _install_peer_clock(os.environ[PEER_CLOCK_ENV])
+
+
+# ------------------------------------------------------------------------------------------
+# inputs
+# ------------------------------------------------------------------------------------------
 
 
 def _inputs(size: int, box: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -109,76 +291,180 @@ def _angles(n: int, seed: int = 1) -> torch.Tensor:
     )
 
 
-def _steady(run, n1: int, n2: int) -> tuple[float, float]:
-    """``(steady CCG/s, start-up s)`` from timed runs with n1 and n2 orientations."""
-    t1 = run(n1)
-    t2 = run(n2)
-    rate = (n2 - n1) * N_DEFOCUS / max(t2 - t1, 1e-9)
-    startup = max(t1 - n1 * N_DEFOCUS / rate, 0.0)
-    return rate, startup
+# ------------------------------------------------------------------------------------------
+# corrscan
+# ------------------------------------------------------------------------------------------
 
 
-def corrscan_rate(
+@contextlib.contextmanager
+def _corrscan_clock(clock: BatchClock):
+    """Patch corrscan's per-batch function so that every completed batch is timestamped."""
+    from corrscan.match2d import search
+
+    inner = search._correlate_batch
+
+    def timed(plan, state, start, stop):
+        inner(plan, state, start, stop)
+        clock.mark(threading.get_ident(), (stop - start) * plan.n_defocus, plan.device)
+
+    search._correlate_batch = timed
+    try:
+        yield
+    finally:
+        search._correlate_batch = inner
+
+
+def corrscan_run(
     img: np.ndarray,
     vol: np.ndarray,
-    n1: int,
-    n2: int,
+    n: int,
     *,
     batch: int,
     device: str,
     resolution_limit: float | None = None,
     threads: int | None = None,
-) -> tuple[float, float]:
+) -> dict:
+    """One timed search with per-batch timestamps (after a tiny warm-up call)."""
     from corrscan.match2d import match_template
 
-    def run(n: int) -> float:
-        t = time.perf_counter()
-        match_template(
-            img,
-            vol,
+    def call(n_orient: int, clock: BatchClock | None):
+        kw = dict(
             optics={"pixel_size": PIXEL_SIZE, "defocus_u": 10000.0, "defocus_v": 10000.0},
             defocus_search=DEFOCUS,
-            orientations=_angles(n),
-            compute={
-                "device": device,
-                "orientation_batch_size": batch,
-                "num_threads": threads,
-            },
+            orientations=_angles(n_orient),
+            compute={"device": device, "orientation_batch_size": batch, "num_threads": threads},
             resolution_limit=resolution_limit,
             progress=False,
         )
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
+        with _corrscan_clock(clock) if clock is not None else contextlib.nullcontext():
+            t0 = time.monotonic()
+            res = match_template(img, vol, **kw)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            return res, t0, time.monotonic()
 
-    run(min(n1, 8))  # warm-up (imports, allocator)
-    return _steady(run, n1, n2)
+    call(min(n, 2), None)  # warm-up (imports, first-call paths)
+    clock = BatchClock()
+    res, t0, t1 = call(n, clock)
+    events = clock.events()
+    st = steady_from_events(events)
+    n_ccg = n * N_DEFOCUS
+    total = t1 - t0
+    if st is None:  # too few batches per worker: whole-call rate (start-up then unknown)
+        print(f"# corrscan: too few batches per worker for a steady rate (n={n})")
+        st = {"rate": n_ccg / total, "median_rate": math.nan, "workers": 0, "min_batches": 0,
+              "first_t": t0}  # fmt: skip
+    meta = res.metadata
+    return {
+        "rate": st["rate"],
+        "median_rate": st["median_rate"],
+        "startup": max(total - n_ccg / st["rate"], 0.0),
+        "first_batch_s": st["first_t"] - t0,
+        "total_s": total,
+        "batches": len(events),
+        "preprocess_s": float(meta.get("timings", {}).get("preprocess_s", math.nan)),
+        "workers": meta.get("workers", []),
+        "chunk": int(meta.get("chunk_orientations", 1)),
+        "batch": int(meta.get("orientation_batch_size", batch)),
+    }
 
 
-def floor_rate(size: int, batch: int, device: str) -> float:
-    """Batched irfft2 at the micrograph size: transforms per second."""
+# ------------------------------------------------------------------------------------------
+# floor: irfft2 alone, in the search's parallel layout and the alternatives
+# ------------------------------------------------------------------------------------------
+
+
+def _irfft2_rate(
+    size: int, batch: int, device: str, n_workers: int, torch_threads_n: int | None,
+    seconds: float = 0.2, repeats: int = 5,
+) -> float:  # fmt: skip
+    """Best transforms/s of ``n_workers`` threads each running ``irfft2`` on its own
+    `(batch, size, size//2+1)` complex64 input, with torch's intra-op threads set to
+    ``torch_threads_n`` around them (as the search does). Fresh output and ``out=`` tried."""
+    from corrscan.core.threads import torch_threads
+
     dev = torch.device(device if device != "auto" else "cpu")
-    x = torch.randn(batch, size, size // 2 + 1, dtype=torch.complex64, device=dev)
-    out = torch.empty(batch, size, size, device=dev)
-    torch.fft.irfft2(x, s=(size, size), out=out)
-    reps = max(2, int(200_000_000 / (batch * size * size)))
-    best = math.inf
-    for _ in range(3):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(reps):
-            torch.fft.irfft2(x, s=(size, size), out=out)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, (time.perf_counter() - t) / reps)
-    return batch / best
+    cuda = dev.type == "cuda"
+    s = (size, size)
+    with torch_threads(torch_threads_n if not cuda else None):
+        xs = [
+            torch.randn(batch, size, size // 2 + 1, dtype=torch.complex64, device=dev)
+            for _ in range(n_workers)
+        ]
+        outs = [torch.empty(batch, size, size, device=dev) for _ in range(n_workers)]
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        variants = {
+            "fresh": lambda i: torch.fft.irfft2(xs[i], s=s),
+            "out": lambda i: torch.fft.irfft2(xs[i], s=s, out=outs[i]),
+        }
+        best = 0.0
+        for f in variants.values():
+            f(0)
+            sync()
+            t = time.perf_counter()
+            f(0)
+            sync()
+            reps = max(2, math.ceil(seconds / max(time.perf_counter() - t, 1e-6)))
+            for _ in range(repeats):
+                if n_workers == 1:
+                    t = time.perf_counter()
+                    for _ in range(reps):
+                        f(0)
+                    sync()
+                    el = time.perf_counter() - t
+                else:
+                    gate = threading.Barrier(n_workers + 1)
+
+                    def work(i: int, f=f, gate=gate, reps=reps) -> None:
+                        gate.wait()
+                        for _ in range(reps):
+                            f(i)
+                        sync()
+
+                    ths = [threading.Thread(target=work, args=(i,)) for i in range(n_workers)]
+                    for th in ths:
+                        th.start()
+                    gate.wait()
+                    t = time.perf_counter()
+                    for th in ths:
+                        th.join()
+                    el = time.perf_counter() - t
+                best = max(best, n_workers * reps * batch / el)
+        return best
 
 
-def peer_rate(
-    img: np.ndarray, vol: np.ndarray, n1: int, n2: int, *, batch: int, device: str
-) -> tuple[float, float] | None:
-    """Leopard-EM 1.2 steady-state CCG/s, or None when it is not installed / fails."""
+def floor_rates(size: int, run: dict, device: str, caller_threads: int) -> dict[str, float]:
+    """irfft2-only rates in layouts A (corrscan's), B and C (see the module docstring)."""
+    cuda = device.startswith("cuda")
+    n_cpu_workers = sum(1 for w in run["workers"] if str(w).startswith("cpu")) or 1
+    item_batch = N_DEFOCUS * run["chunk"]
+    big = min(N_DEFOCUS * run["batch"], max(4, 2**28 // (8 * size * size)))
+    out: dict[str, float] = {}
+    if cuda:
+        out[f"A: 1 GPU worker, batch {item_batch}"] = _irfft2_rate(
+            size, item_batch, device, 1, None
+        )
+    else:
+        out[f"A: {n_cpu_workers} worker threads x 1 torch thread, batch {item_batch}"] = (
+            _irfft2_rate(size, item_batch, device, n_cpu_workers, 1)
+        )
+        out[f"B: 1 thread x {caller_threads} torch threads, batch {item_batch}"] = _irfft2_rate(
+            size, item_batch, device, 1, caller_threads
+        )
+    if big != item_batch:
+        tn = None if cuda else caller_threads
+        where = "1 GPU worker" if cuda else f"1 thread x {caller_threads} torch threads"
+        out[f"C: {where}, batch {big}"] = _irfft2_rate(size, big, device, 1, tn)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Leopard-EM
+# ------------------------------------------------------------------------------------------
+
+
+def _peer_setup(img: np.ndarray, vol: np.ndarray, device: str):
+    """``(core_match_template, kwargs)`` from Leopard-EM's own manager, or None."""
     try:
         from leopard_em.backend.core_match_template import core_match_template
         from leopard_em.pydantic_models.managers import MatchTemplateManager
@@ -231,18 +517,89 @@ def peer_rate(
     dev = torch.device("cpu") if device in ("cpu", "auto") else torch.device(device)
     kw["device"] = [dev]
     kw.pop("mag_matrix", None)
+    return core_match_template, kw
 
-    def run(n: int) -> float:
-        k = dict(kw, euler_angles=_angles(n).to(torch.float32))
-        t = time.perf_counter()
-        core_match_template(**k, orientation_batch_size=batch, num_cuda_streams=1)
-        return time.perf_counter() - t
 
+def _peer_call(fn, kw: dict, n: int, batch: int) -> tuple[float, float, list[Event]]:
+    """One Leopard-EM call: ``(t0, t1, per-batch events from its worker)``."""
+    fd, path = tempfile.mkstemp(prefix="bench-leopard-clock-", suffix=".txt")
+    os.close(fd)
+    old = os.environ.get(PEER_CLOCK_ENV)
+    os.environ[PEER_CLOCK_ENV] = path
     try:
-        return _steady(run, n1, n2)
+        k = dict(kw, euler_angles=_angles(n).to(torch.float32))
+        t0 = time.monotonic()
+        with contextlib.redirect_stderr(open(os.devnull, "w")):  # its tqdm bars
+            fn(**k, orientation_batch_size=batch, num_cuda_streams=1)
+        t1 = time.monotonic()
+    finally:
+        if old is None:
+            os.environ.pop(PEER_CLOCK_ENV, None)
+        else:
+            os.environ[PEER_CLOCK_ENV] = old
+    events: list[Event] = []
+    with open(path) as f:
+        for line in f:
+            w, t, c = line.split()
+            events.append((w, float(t), int(c)))
+    os.unlink(path)
+    return t0, t1, sorted(events, key=lambda e: e[1])
+
+
+def peer_run(
+    img: np.ndarray, vol: np.ndarray, n: int, *, batch: int, device: str, fallback: bool
+) -> dict | None:
+    """Leopard-EM 1.2 steady-state CCG/s and start-up, or None when unavailable."""
+    setup = _peer_setup(img, vol, device)
+    if setup is None:
+        return None
+    fn, kw = setup
+    try:
+        t0, t1, events = _peer_call(fn, kw, n, batch)
     except Exception as exc:  # pragma: no cover
         print(f"# peer: leopard-em run failed ({type(exc).__name__}: {exc})")
         return None
+    n_ccg = n * N_DEFOCUS
+    st = steady_from_events(events)
+    if st is not None:
+        return {
+            "rate": st["rate"],
+            "median_rate": st["median_rate"],
+            "startup": max((t1 - t0) - n_ccg / st["rate"], 0.0),
+            "first_batch_s": st["first_t"] - t0,
+            "total_s": t1 - t0,
+            "batches": len(events),
+            "method": "in-run timestamps",
+        }
+    print(f"# peer: no in-run timestamps ({len(events)} events)", end="")
+    if not fallback:
+        print("; no differencing fallback in --quick: peer=none")
+        return None
+    # fallback: differencing, n2 so that the differenced part lasts ~30 s, median of 3
+    est = n_ccg / (t1 - t0)
+    n2 = n + batch * max(1, math.ceil(30.0 * est / N_DEFOCUS / batch))
+    print(f"; fallback: differencing n1={n}, n2={n2}, median of 3")
+    rates, starts = [], []
+    for _ in range(3):
+        a0, a1, _e = _peer_call(fn, kw, n, batch)
+        b0, b1, _e = _peer_call(fn, kw, n2, batch)
+        r = (n2 - n) * N_DEFOCUS / max((b1 - b0) - (a1 - a0), 1e-9)
+        rates.append(r)
+        starts.append(max((a1 - a0) - n_ccg / r, 0.0))
+    return {
+        "rate": statistics.median(rates),
+        "median_rate": math.nan,
+        "startup": statistics.median(starts),
+        "first_batch_s": math.nan,
+        "total_s": t1 - t0,
+        "batches": 0,
+        "method": "differencing (fallback)",
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# driver
+# ------------------------------------------------------------------------------------------
 
 
 def _fits_in_memory(size: int, box: int, batch: int) -> bool:
@@ -257,75 +614,115 @@ def _fits_in_memory(size: int, box: int, batch: int) -> bool:
     return need < 0.6 * free_memory_bytes("cpu")
 
 
+def _n_orient(batches_per_worker: int, batch: int, workers: int) -> int:
+    """Orientations giving each worker ``batches_per_worker`` full batches."""
+    return batches_per_worker * batch * max(1, workers)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="512² / 64³ only, short runs")
-    ap.add_argument("--sizes", type=int, nargs="*", default=None)
+    ap.add_argument("--sizes", type=int, nargs="*", default=None, help="micrograph sizes")
+    ap.add_argument("--boxes", type=int, nargs="*", default=None, help="template boxes")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=None, help="corrscan CPU worker threads")
     ap.add_argument("--no-peer", action="store_true")
     args = ap.parse_args(argv)
 
+    cuda = args.device.startswith("cuda")
+    caller_threads = torch.get_num_threads()
+    n_workers = 1 if cuda else (args.threads or caller_threads)
+    # (size, box, batches per corrscan worker, orientation batch)
     if args.quick:
-        cases = [(512, 64, 32, 192)]
+        cases = [(512, 64, 10, args.batch)]
     else:
-        cases = [(512, 64, 64, 256), (1024, 64, 32, 96), (1024, 128, 32, 96), (4096, 512, 8, 24)]
+        cases = [
+            (512, 64, 20, args.batch),
+            (1024, 64, 8, args.batch),
+            (1024, 128, 8, args.batch),
+            (4096, 512, 4, args.batch if cuda else min(args.batch, 4)),
+        ]
     if args.sizes:
         cases = [c for c in cases if c[0] in args.sizes]
-    cuda = args.device.startswith("cuda")
-    if cuda:
-        cases = [(s, b, n1 * 8, n2 * 8) for s, b, n1, n2 in cases]
-    print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
+    if args.boxes:
+        cases = [c for c in cases if c[1] in args.boxes]
+    print(
+        f"# torch {torch.__version__}, threads {caller_threads}, device {args.device}, "
+        f"corrscan workers {n_workers}; steady rates from in-run per-batch timestamps"
+    )
     results = []
-    for size, box, n1, n2 in cases:
-        if size >= 4096 and not cuda and not _fits_in_memory(size, box, args.batch):
+    for size, box, per_worker, batch in cases:
+        if size >= 4096 and not cuda and not _fits_in_memory(size, box, batch):
             print(f"# skip {size}²/{box}³: not enough memory")
             continue
+        n = _n_orient(per_worker * (4 if cuda else 1), batch, n_workers)
         img, vol = _inputs(size, box)
-        ours, ours_start = corrscan_rate(
-            img, vol, n1, n2, batch=args.batch, device=args.device, threads=args.threads
-        )
-        fl = floor_rate(size, min(args.batch * N_DEFOCUS, max(4, 2**28 // (8 * size * size))),
-                        args.device)  # fmt: skip
-        fast, _ = corrscan_rate(
-            img,
-            vol,
-            n1,
-            n2,
-            batch=args.batch,
-            device=args.device,
-            resolution_limit=3 * PIXEL_SIZE,
+        ours = corrscan_run(img, vol, n, batch=batch, device=args.device, threads=args.threads)
+        floors = floor_rates(size, ours, args.device, caller_threads)
+        fl = max(floors.values())
+        fast = corrscan_run(
+            img, vol, n, batch=batch, device=args.device, resolution_limit=3 * PIXEL_SIZE,
             threads=args.threads,
-        )
+        )  # fmt: skip
         peer = None
         if not args.no_peer and not (size >= 4096 and not cuda):
-            peer = peer_rate(img, vol, n1, n2, batch=args.batch, device=args.device)
+            # the peer runs one worker process: the same orientations give it per_worker x
+            # n_workers batches
+            peer = peer_run(img, vol, n, batch=batch, device=args.device, fallback=not args.quick)
         print(
-            f"# {size}² x {box}³: corrscan {ours:,.1f} CCG/s (start-up {ours_start:.2f} s), "
-            f"floor {fl:,.1f}/s, resolution-limited {fast:,.1f} CCG/s "
-            f"(x{fast / ours:.2f}), peer "
-            + ("none" if peer is None else f"{peer[0]:,.1f} CCG/s (start-up {peer[1]:.2f} s)")
+            f"# {size}² x {box}³, {n} orientations x {N_DEFOCUS} defocus, batch {batch}: "
+            f"corrscan {ours['rate']:,.1f} CCG/s (median-interval {ours['median_rate']:,.1f}; "
+            f"{ours['batches']} batches on {len(ours['workers'])} workers, chunk "
+            f"{ours['chunk']}; call {ours['total_s']:.2f} s, preparation "
+            f"{ours['preprocess_s']:.2f} s, first batch at "
+            f"{ours['first_batch_s']:.2f} s, start-up {ours['startup']:.2f} s)"
         )
-        results.append((size, box, ours, ours_start, fl, fast, peer))
+        print(
+            f"# {size}² floor (irfft2 alone, best of): "
+            + "; ".join(f"{k}: {v:,.1f}/s" for k, v in floors.items())
+            + f" -> floor {fl:,.1f}/s"
+        )
+        print(
+            f"# {size}² x {box}³ resolution-limited: {fast['rate']:,.1f} CCG/s "
+            f"(x{fast['rate'] / ours['rate']:.2f}; median-interval {fast['median_rate']:,.1f})"
+        )
+        if peer is None:
+            print(f"# {size}² x {box}³ peer: none")
+        else:
+            print(
+                f"# {size}² x {box}³ peer ({peer['method']}): {peer['rate']:,.1f} CCG/s "
+                f"(median-interval {peer['median_rate']:,.1f}; {peer['batches']} batches; call "
+                f"{peer['total_s']:.2f} s, first batch at {peer['first_batch_s']:.2f} s, "
+                f"start-up {peer['startup']:.2f} s)"
+            )
+        for who, r in (("corrscan", ours), ("resolution-limited", fast), ("peer", peer)):
+            if r is not None and abs(r["rate"] / r["median_rate"] - 1) > 0.2:  # nan: False
+                print(
+                    f"# warning: {who} window rate and median-interval rate differ by > 20 %: "
+                    "the machine's load changed during the run, do not quote this figure"
+                )
+        results.append((size, box, ours, fl, fast, peer))
 
-    for size, box, ours, start, fl, fast, peer in results:
+    for size, box, ours, fl, fast, peer in results:
         tag = f"{size}px_t{box}"
-        p = "none" if peer is None else f"{peer[0]:.2f}"
-        ratio = "none" if peer is None else f"{ours / peer[0]:.3f}"
+        rate, start = ours["rate"], ours["startup"]
+        p = "none" if peer is None else f"{peer['rate']:.2f}"
+        ratio = "none" if peer is None else f"{rate / peer['rate']:.3f}"
         print(
-            f"RESULT job=match2d metric=ccg_per_s_{tag} corrscan={ours:.2f} peer={p} "
-            f"ratio={ratio} floor_pct={100 * ours / fl:.1f}"
+            f"RESULT job=match2d metric=ccg_per_s_{tag} corrscan={rate:.2f} peer={p} "
+            f"ratio={ratio} floor_pct={100 * rate / fl:.1f}"
         )
-        ps = "none" if peer is None else f"{peer[1]:.2f}"
-        pr = "none" if peer is None else f"{start / max(peer[1], 1e-9):.3f}"
+        ps = "none" if peer is None else f"{peer['startup']:.2f}"
+        pr = "none" if peer is None else f"{start / max(peer['startup'], 1e-9):.3f}"
         print(
             f"RESULT job=match2d metric=startup_s_{tag} corrscan={start:.2f} peer={ps} "
             f"ratio={pr} floor_pct=none"
         )
         print(
-            f"RESULT job=match2d metric=reslimit_speedup_{tag} corrscan={fast / ours:.3f} "
-            f"peer=none ratio=none floor_pct={100 * fast / fl:.1f}"
+            f"RESULT job=match2d metric=reslimit_speedup_{tag} "
+            f"corrscan={fast['rate'] / rate:.3f} peer=none ratio=none "
+            f"floor_pct={100 * fast['rate'] / fl:.1f}"
         )
     return 0
 
