@@ -81,3 +81,28 @@ def test_paired_transforms_equal_real_transforms(rng, score, b):
     assert a.shape == r.shape == (b, 20, 21, 22)
     tol = 1e-4 * float(r.abs().max())
     np.testing.assert_allclose(a.numpy(), r.numpy(), atol=tol)
+
+
+def test_threaded_kernels_equal_one_thread(rng):
+    """Split between threads (z-slabs / point ranges), the kernels give the same maps."""
+    from corrscan.match3d.rotate import TemplateRotator
+    from corrscan.match3d.rotations import super_fibonacci_rotations
+
+    z = torch.complex(torch.randn(9, 10, 11), torch.randn(9, 10, 11))
+    scores = torch.view_as_real(z).movedim(-1, 0).numpy()
+    scale = rng.uniform(0.5, 2.0, size=(9, 10, 11)).astype(np.float32)
+    out = {}
+    for threads in (1, 3):
+        cur = np.full((9, 10, 11), -np.inf, dtype=np.float32)
+        rot = np.full((9, 10, 11), -1, dtype=np.int32)
+        st = kernels.max_update(scores, [4, 5], cur, rot, scale, threads=threads)
+        out[threads] = (cur, rot, st)
+    np.testing.assert_array_equal(out[1][0], out[3][0])
+    np.testing.assert_array_equal(out[1][1], out[3][1])
+    np.testing.assert_allclose(out[1][2], out[3][2], rtol=1e-6)
+    v = torch.from_numpy(rng.normal(size=(12, 12, 12))).float()
+    mats = torch.from_numpy(super_fibonacci_rotations(3)).float()
+    for order in (1, 3):
+        one = TemplateRotator(v, order=order, backend="numba")(mats)
+        many = TemplateRotator(v, order=order, backend="numba", threads=3)(mats)
+        np.testing.assert_array_equal(one.numpy(), many.numpy())

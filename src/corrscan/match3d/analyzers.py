@@ -150,6 +150,8 @@ class MaxScoreOverRotations:
         #: one compiled pass per update on CPU (:func:`corrscan.match3d.kernels.max_update`)
         #: instead of ~6 torch passes; set by ``match_template`` (needs numba)
         self.fused = False
+        #: threads the compiled update splits the volume between (z-slabs)
+        self.kernel_threads = 1
 
     # ------------------------------------------------------------------ updates
     def _register(self, matrix: np.ndarray) -> int:
@@ -240,6 +242,7 @@ class MaxScoreOverRotations:
                 self._scores.numpy(),
                 self._rotations.numpy(),
                 None if scale is None else scale.numpy(),
+                threads=self.kernel_threads,
             )
             for i, (s1, s2) in zip(indices.tolist(), stats.tolist(), strict=True):
                 st = self._stats.setdefault(int(i), [0.0, 0.0, 0])

@@ -20,26 +20,35 @@ Compiled code is cached on disk by numba (``cache=True``); see :mod:`corrscan.co
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 
-from corrscan.core.jit import AVAILABLE, njit
+from corrscan.core.jit import AVAILABLE, njit, run_parallel
 
 __all__ = ["AVAILABLE", "max_update", "rotate_points"]
 
 
 # ---------------------------------------------------------------------------- rotation
+@njit(nogil=True, fastmath=True, cache=True, inline="always")
+def _source_position(points, k, m, centre):  # pragma: no cover - compiled
+    """``points[k] @ m + centre``: the (x, y, z) source index of output point ``k``."""
+    px = points[k, 0]
+    py = points[k, 1]
+    pz = points[k, 2]
+    x = px * m[0, 0] + py * m[1, 0] + pz * m[2, 0] + centre[0]
+    y = px * m[0, 1] + py * m[1, 1] + pz * m[2, 1] + centre[1]
+    z = px * m[0, 2] + py * m[1, 2] + pz * m[2, 2] + centre[2]
+    return x, y, z
+
+
 @njit(nogil=True, fastmath=True, cache=True)
 def _rotate_linear(src, points, keep, mats, centre, out):  # pragma: no cover - compiled
     d, h, w = src.shape
     for b in range(mats.shape[0]):
         m = mats[b]
         for k in range(points.shape[0]):
-            px = points[k, 0]
-            py = points[k, 1]
-            pz = points[k, 2]
-            x = px * m[0, 0] + py * m[1, 0] + pz * m[2, 0] + centre[0]
-            y = px * m[0, 1] + py * m[1, 1] + pz * m[2, 1] + centre[1]
-            z = px * m[0, 2] + py * m[1, 2] + pz * m[2, 2] + centre[2]
+            x, y, z = _source_position(points, k, m, centre)
             x0 = int(np.floor(x))
             y0 = int(np.floor(y))
             z0 = int(np.floor(z))
@@ -88,12 +97,7 @@ def _rotate_cubic(coef, points, keep, mats, centre, out):  # pragma: no cover - 
     for b in range(mats.shape[0]):
         m = mats[b]
         for k in range(points.shape[0]):
-            px = points[k, 0]
-            py = points[k, 1]
-            pz = points[k, 2]
-            x = px * m[0, 0] + py * m[1, 0] + pz * m[2, 0] + centre[0]
-            y = px * m[0, 1] + py * m[1, 1] + pz * m[2, 1] + centre[1]
-            z = px * m[0, 2] + py * m[1, 2] + pz * m[2, 2] + centre[2]
+            x, y, z = _source_position(points, k, m, centre)
             x0 = int(np.floor(x))
             y0 = int(np.floor(y))
             z0 = int(np.floor(z))
@@ -139,6 +143,7 @@ def rotate_points(
     centre: np.ndarray,
     order: int,
     out: np.ndarray,
+    threads: int = 1,
 ) -> np.ndarray:
     """Sample ``source`` at rotated points, in place into ``out``.
 
@@ -160,20 +165,23 @@ def rotate_points(
         1 or 3.
     out
         `(B, N)` float32, written at ``keep`` (other entries untouched).
+    threads
+        Split the points between this many threads (same values).
     """
-    args = (source, points, keep, np.ascontiguousarray(matrices, dtype=np.float32), centre, out)
-    if order == 1:
-        _rotate_linear(*args)
-    else:
-        _rotate_cubic(*args)
+    mats = np.ascontiguousarray(matrices, dtype=np.float32)
+    kernel = _rotate_linear if order == 1 else _rotate_cubic
+    n = points.shape[0]
+    edges = np.linspace(0, n, max(1, min(threads, n // 1024 + 1)) + 1).astype(int)
+    run_parallel(
+        [(kernel, (source, points[a:b], keep[a:b], mats, centre, out)) for a, b in pairwise(edges)]
+    )
     return out
 
 
 # ---------------------------------------------------------------------------- analyzer update
 @njit(nogil=True, fastmath=True, cache=True)
-def _update_pair(zr, scale, cur, rot, i0, i1, acc):  # pragma: no cover - compiled
+def _update_pair(zr, scale, use_scale, cur, rot, i0, i1, acc):  # pragma: no cover - compiled
     d, h, w, _ = zr.shape
-    use_scale = scale.shape[0] == d
     v0 = np.empty(w, np.float32)
     v1 = np.empty(w, np.float32)
     a0 = 0.0
@@ -230,9 +238,8 @@ def _update_pair(zr, scale, cur, rot, i0, i1, acc):  # pragma: no cover - compil
 
 
 @njit(nogil=True, fastmath=True, cache=True)
-def _update_one(sc, scale, cur, rot, i0, acc):  # pragma: no cover - compiled
+def _update_one(sc, scale, use_scale, cur, rot, i0, acc):  # pragma: no cover - compiled
     d, h, w = sc.shape
-    use_scale = scale.shape[0] == d
     v0 = np.empty(w, np.float32)
     a0 = 0.0
     q0 = 0.0
@@ -267,6 +274,19 @@ def _update_one(sc, scale, cur, rot, i0, acc):  # pragma: no cover - compiled
     acc[1] += q0
 
 
+def _update_slab(scores, scale, cur, rot, idx, acc) -> None:
+    """All items of one z-slab in order (ties: the earlier item wins); GIL released inside."""
+    use = scale is not None
+    sc = scale if use else _NO_SCALE
+    first = 0
+    if scores.shape[0] >= 2 and scores.strides[0] == scores.itemsize:  # complex pairs
+        zr = np.moveaxis(scores[:2], 0, -1)
+        _update_pair(zr, sc, use, cur, rot, idx[0], idx[1], acc[:2])
+        first = 2
+    for j in range(first, scores.shape[0]):
+        _update_one(scores[j], sc, use, cur, rot, idx[j], acc[j])
+
+
 _NO_SCALE = np.ones((1, 1, 1), dtype=np.float32)
 
 
@@ -276,6 +296,7 @@ def max_update(
     cur: np.ndarray,
     rot: np.ndarray,
     scale: np.ndarray | None = None,
+    threads: int = 1,
 ) -> np.ndarray:
     """Fold score maps into the running max / arg-max maps in place; return the statistics.
 
@@ -291,20 +312,25 @@ def max_update(
         strictly greater.
     scale
         Optional `(D, H, W)` float32 factor applied to every map first.
+    threads
+        Split the volume into this many z-slabs updated in parallel (same maps; the
+        statistics are summed slab by slab, so they round differently for another count).
 
     Returns
     -------
     numpy.ndarray
         `(B, 2)` float64: per map, the sum and the sum of squares of the scaled scores.
     """
-    sc = _NO_SCALE if scale is None else scale
     b = scores.shape[0]
-    acc = np.zeros((b, 2), dtype=np.float64)
+    d = cur.shape[0]
+    n_slab = max(1, min(int(threads), d))
+    edges = np.linspace(0, d, n_slab + 1).astype(int)
+    acc = np.zeros((n_slab, b, 2), dtype=np.float64)
     idx = [int(i) for i in indices]
-    i = 0
-    if b >= 2 and scores.strides[0] == scores.itemsize:  # interleaved complex pairs
-        _update_pair(np.moveaxis(scores[:2], 0, -1), sc, cur, rot, idx[0], idx[1], acc[:2])
-        i = 2
-    for j in range(i, b):
-        _update_one(scores[j], sc, cur, rot, idx[j], acc[j])
-    return acc
+    tasks = []
+    for k, (z0, z1) in enumerate(pairwise(edges)):
+        sl = None if scale is None else scale[z0:z1]
+        args = (scores[:, z0:z1], sl, cur[z0:z1], rot[z0:z1], idx, acc[k])
+        tasks.append((_update_slab, args))
+    run_parallel(tasks)
+    return acc.sum(axis=0)

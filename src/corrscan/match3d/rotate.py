@@ -56,9 +56,16 @@ class TemplateRotator:
         ``(D, H, W)`` real tensor.
     order
         1 (trilinear) or 3 (cubic B-spline).
+    backend
+        ``"auto"`` (numba on CPU when installed, else SciPy; torch on GPU), ``"numba"``,
+        ``"scipy"`` or ``"torch"``.
+    threads
+        numba backend: threads sharing each rotation's points.
     """
 
-    def __init__(self, volume: torch.Tensor, *, order: int = 3, backend: str = "auto") -> None:
+    def __init__(
+        self, volume: torch.Tensor, *, order: int = 3, backend: str = "auto", threads: int = 1
+    ) -> None:
         if backend not in ("auto", "torch", "scipy", "numba"):
             raise InputError(f"backend must be auto, torch, scipy or numba, got {backend!r}")
         if order not in (1, 3):
@@ -66,6 +73,7 @@ class TemplateRotator:
         if volume.ndim != 3:
             raise InputError(f"template must be 3D (z, y, x), got shape {tuple(volume.shape)}")
         self.order = order
+        self.threads = max(1, int(threads))
         self.shape = tuple(int(s) for s in volume.shape)
         self.device = volume.device
         self.dtype = torch.float32
@@ -152,7 +160,7 @@ class TemplateRotator:
         src, pts, keep, centre = self._numba_args
         mats = rotations.detach().to(device="cpu", dtype=torch.float32).numpy()
         out = np.zeros((len(mats), math.prod(self.shape)), dtype=np.float32)
-        kernels.rotate_points(src, pts, keep, mats, centre, self.order, out)
+        kernels.rotate_points(src, pts, keep, mats, centre, self.order, out, threads=self.threads)
         return torch.from_numpy(out).reshape(len(mats), *self.shape)
 
     def _scipy(self, rotations: torch.Tensor) -> torch.Tensor:

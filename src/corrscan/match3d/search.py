@@ -161,6 +161,7 @@ class Prepared3D:
     num_threads: int | None
     fused: bool
     n_workers: int
+    kernel_threads: int
     pixel_size: float
     meta: dict[str, Any]
     mask: torch.Tensor = field(repr=False, default=None)  # type: ignore[assignment]
@@ -363,6 +364,10 @@ def prepare_search(
     if fused is None:
         fused = dev.type == "cpu" and kernels.AVAILABLE
     fused = bool(fused) and dev.type == "cpu" and kernels.AVAILABLE
+    # one search thread with intra-op FFT threads: the compiled kernels split their work too
+    kernel_threads = 1
+    if dev.type == "cpu" and n_workers == 1:
+        kernel_threads = max(1, int(num_threads or torch.get_num_threads()))
 
     g_t = torch.from_numpy(g).to(dev)
     m_t = torch.from_numpy(mask).to(dev)
@@ -377,6 +382,7 @@ def prepare_search(
         "batch_size": batch_size,
         "fused_update": fused,
         "workers": n_workers,
+        "kernel_threads": kernel_threads,
         "template_shape": list(tmpl.shape),
         "tomogram_shape": list(tomo.shape),
         "filters": fcfg.model_dump(mode="json"),
@@ -400,10 +406,11 @@ def prepare_search(
         num_threads=num_threads,
         fused=fused,
         n_workers=n_workers,
+        kernel_threads=kernel_threads,
         pixel_size=float(pixel_size),
         meta=meta,
         mask=m_t,
-        rotator=TemplateRotator(g_t, order=interpolation_order),
+        rotator=TemplateRotator(g_t, order=interpolation_order, threads=kernel_threads),
         mask_rotator=TemplateRotator(m_t, order=1) if needs_rotated_mask(score) else None,
         filt=None if filt is None else filt.to(dev),
         rots_d=rots.to(dev),
@@ -479,6 +486,7 @@ def _new_analyzer(prep: Prepared3D, i: int) -> MaxScoreOverRotations:
             core, offset=start, score_threshold=prep.score_threshold, thread_safe=False
         )
     an.fused = prep.fused
+    an.kernel_threads = prep.kernel_threads
     return an.to(prep.device) if prep.device.type != "cpu" else an
 
 
