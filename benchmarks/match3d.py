@@ -22,8 +22,8 @@ Figures (printed as ``RESULT`` lines):
 
 corrscan runs with its defaults (paired complex transforms, compiled rotation and one-pass
 analyzer update, see docs/match3d.md "Performance"); numba's one-time compilation (cached on
-disk) runs in a 2-rotation warm-up outside the timed region. pyTME's timings include its FFTW planning and, for 2 workers,
-its process start-up, as a user would see them.
+disk) runs in a 2-rotation warm-up outside the timed region. pyTME's timings include its FFTW
+planning and, for 2 workers, its process start-up, as a user would see them.
 
 ``--quick`` (< 1 minute): 36 rotations, order 3 only, no 2-core run, no recall run.
 Without pyTME installed the peer columns read ``none``.
