@@ -809,6 +809,12 @@ def match_template(
     MatchResult
         Maps ``scores`` / ``rotation_index`` ``(D, H, W)``, the rotation table, statistics.
     """
+    # every search setting, for the background search (the same call with another template)
+    settings = {
+        k: v
+        for k, v in locals().items()
+        if k not in ("tomogram", "template", "background_correction")
+    }
     t_start = time.perf_counter()
     if rotation_chunks < 1:
         raise InputError(f"rotation_chunks must be >= 1, got {rotation_chunks}")
@@ -821,19 +827,9 @@ def match_template(
         from corrscan.match3d.background import correct_background
         from corrscan.match3d.template import phase_scramble
 
-        kw = dict(
-            template_mask=template_mask, target_mask=target_mask, score=score,
-            angular_step=angular_step, n_rotations=n_rotations, rotations=rotations,
-            symmetry=symmetry, cone_axis=cone_axis, cone_angle=cone_angle,
-            interpolation_order=interpolation_order, filters=filters, pixel_size=pixel_size,
-            target_splits=target_splits, rotation_chunks=rotation_chunks, pad_edges=pad_edges,
-            batch_size=batch_size, constraints=constraints, score_threshold=score_threshold,
-            overlap_ratio=overlap_ratio, device=device, num_threads=num_threads,
-            progress=progress, fused=fused, workers=workers,
-        )  # fmt: skip
-        result = match_template(tomogram, template, **kw)
+        result = match_template(tomogram, template, **settings)
         scrambled = phase_scramble(as_numpy(template), seed=42)
-        background = match_template(tomogram, scrambled, **kw)
+        background = match_template(tomogram, scrambled, **settings)
         return correct_background(result, background, details={"seed": 42})
     prep = prepare_search(
         tomogram, template, template_mask=template_mask, target_mask=target_mask, score=score,
