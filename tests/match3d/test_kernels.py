@@ -106,3 +106,53 @@ def test_threaded_kernels_equal_one_thread(rng):
         one = TemplateRotator(v, order=order, backend="numba")(mats)
         many = TemplateRotator(v, order=order, backend="numba", threads=3)(mats)
         np.testing.assert_array_equal(one.numpy(), many.numpy())
+
+
+def test_nan_never_wins_and_shapes_are_checked():
+    """A NaN score never enters the map and does not hide its pair partner's valid score;
+    an equal score does not change the winner; wrong shapes are refused (no bounds checks in
+    compiled loops)."""
+    from corrscan.errors import InputError
+    from corrscan.match3d.analyzers import MaxScoreOverRotations
+
+    maps = np.zeros((2, 2, 3, 4), dtype=np.float32)
+    maps[0, 0, 0, 0], maps[1, 0, 0, 0] = np.nan, 1.0
+    maps[0, 1, 2, 3], maps[1, 1, 2, 3] = 0.5, np.nan
+    for layout in ("pair", "separate"):
+        if layout == "pair":
+            z = torch.complex(torch.from_numpy(maps[0]), torch.from_numpy(maps[1]))
+            scores = torch.view_as_real(z).movedim(-1, 0).numpy()
+        else:
+            scores = maps
+        cur = np.full((2, 3, 4), -np.inf, dtype=np.float32)
+        rot = np.full((2, 3, 4), -1, dtype=np.int32)
+        kernels.max_update(scores, [3, 4], cur, rot)
+        assert cur[0, 0, 0] == 1.0 and rot[0, 0, 0] == 4
+        assert cur[1, 2, 3] == 0.5 and rot[1, 2, 3] == 3
+        assert not np.isnan(cur).any()
+        kernels.max_update(scores[:1] * 0 + cur[None], [9], cur, rot)  # equal: no change
+        assert rot[0, 0, 0] == 4 and rot[1, 2, 3] == 3
+    an = MaxScoreOverRotations((4, 5, 5), score_threshold=-np.inf, thread_safe=False)
+    an.fused = True
+    with pytest.raises(InputError, match="shape"):
+        an.update(torch.full((1, 4, 5, 6), 3.0), torch.tensor([0], dtype=torch.int32))
+    an.update(torch.full((1, 4, 5, 5), 3.0), torch.tensor([0], dtype=torch.int32),
+              scale=torch.full((1, 1, 1), 2.0))  # fmt: skip
+    np.testing.assert_array_equal(an.scores, np.full((4, 5, 5), 6.0, dtype=np.float32))
+
+
+def test_search_fused_update_equals_torch_update(rng):
+    """A whole search with the compiled update equals the torch update (maps, statistics)."""
+    from corrscan.match3d import match_template
+
+    tomo = rng.normal(size=(24, 24, 24)).astype(np.float32)
+    tmpl = rng.normal(size=(8, 8, 8)).astype(np.float32)
+    for score in ("CC", "FLCSphericalMask"):
+        kw = dict(score=score, n_rotations=6, interpolation_order=1, progress=False)
+        a = match_template(tomo, tmpl, fused=True, **kw)
+        b = match_template(tomo, tmpl, fused=False, **kw)
+        assert a.metadata["fused_update"] and not b.metadata["fused_update"]
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(a.rotation_index, b.rotation_index)
+        assert a.score_mean == pytest.approx(b.score_mean, rel=1e-5, abs=1e-7)
+        assert a.score_std == pytest.approx(b.score_std, rel=1e-5)

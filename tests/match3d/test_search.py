@@ -264,8 +264,8 @@ def test_batched_fft_path_equals_single(rng, score):
     f = torch.from_numpy(rng.normal(size=(20, 21, 22))).float()
     g = torch.from_numpy(rng.normal(size=(3, 7, 7, 7))).float()
     m = torch.ones(3, 7, 7, 7)
-    one = BoxScorer(f, (7, 7, 7), m[0], None, score, (20, 21, 22), 3)
-    many = BoxScorer(f, (7, 7, 7), m[0], None, score, (20, 21, 22), 3)
+    one = BoxScorer(f, (7, 7, 7), m[0], None, score, (20, 21, 22), 3, paired=False)
+    many = BoxScorer(f, (7, 7, 7), m[0], None, score, (20, 21, 22), 3, paired=False)
     many.fft_batch = 3
     mr = m[:1] if score == "FLCSphericalMask" else m
     a = one(g, mr).clone()

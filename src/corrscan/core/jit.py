@@ -8,6 +8,7 @@ once per machine, kept in numba's on-disk cache).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -30,24 +31,41 @@ def njit(**options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
 
 _POOL: Any = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> Any:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            import os
+            from concurrent.futures import ThreadPoolExecutor
+
+            _POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
+        return _POOL
 
 
 def run_parallel(tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
     """Run ``f(*args)`` for every ``(f, args)``: the first on the calling thread, the others on
     a shared thread pool (for GIL-releasing kernels working on disjoint parts of the output).
-    One task runs inline with no pool."""
-    global _POOL
+    Returns when every task has finished; the first error is raised then. One task runs inline.
+    """
     if len(tasks) == 1:
         f, args = tasks[0]
         f(*args)
         return
-    if _POOL is None:
-        import os
-        from concurrent.futures import ThreadPoolExecutor
-
-        _POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
-    futures = [_POOL.submit(f, *args) for f, args in tasks[1:]]
-    f, args = tasks[0]
-    f(*args)
+    pool = _pool()
+    futures = [pool.submit(f, *args) for f, args in tasks[1:]]
+    error: BaseException | None = None
+    try:
+        f, args = tasks[0]
+        f(*args)
+    except BaseException as exc:  # still wait: the others write into the same outputs
+        error = exc
     for fut in futures:
-        fut.result()
+        try:
+            fut.result()
+        except BaseException as exc:
+            error = error or exc
+    if error is not None:
+        raise error

@@ -17,7 +17,11 @@ from corrscan.core.jit import AVAILABLE, njit
 __all__ = ["AVAILABLE", "chunk_reduce"]
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+#: fast-math without ``nnan``/``ninf``: comparisons with NaN and -inf keep IEEE semantics
+_SAFE_FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
+
+
+@njit(nogil=True, fastmath=_SAFE_FASTMATH, cache=True)
 def _chunk_reduce(
     maps, scale, items, stored, s1, s2, best_out, arg_out, cand_out
 ):  # pragma: no cover - compiled

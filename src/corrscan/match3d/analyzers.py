@@ -235,6 +235,13 @@ class MaxScoreOverRotations:
         b = scores.shape[0]
         n = math.prod(self.shape)
         if self.fused and kernels.AVAILABLE and scores.device.type == "cpu":
+            # compiled loops do not check bounds: validate shapes here
+            if tuple(scores.shape[1:]) != self.shape:
+                raise InputError(
+                    f"scores {tuple(scores.shape)} do not match analyzer shape {self.shape}"
+                )
+            if scale is not None and tuple(scale.shape) != self.shape:
+                scale = scale.to(torch.float32).expand(self.shape).contiguous()
             # one compiled pass (GIL released): scale, max/arg-max, per-map statistics
             stats = kernels.max_update(
                 scores.detach().numpy(),
@@ -264,15 +271,16 @@ class MaxScoreOverRotations:
         cur, rot = self._scores, self._rotations
         if self._take is None:
             self._take = torch.empty(self.shape, dtype=torch.bool, device=self._scores.device)
+        # NaN scores never enter the map (as in the compiled update; inputs are checked finite)
         if b == 1:
             best = scores[0]
             take = torch.gt(best, cur, out=self._take)
-            torch.maximum(cur, best, out=cur)
+            torch.where(take, best, cur, out=cur)
             rot.masked_fill_(take, int(indices[0]))
             return
         best, arg = torch.max(scores, dim=0)  # first maximum = earliest batch item
         take = torch.gt(best, cur, out=self._take)
-        torch.maximum(cur, best, out=cur)
+        torch.where(take, best, cur, out=cur)
         idx = indices.to(device=arg.device, dtype=torch.int32)[arg]
         torch.where(take, idx, rot, out=rot)
 

@@ -28,6 +28,9 @@ from corrscan.core.jit import AVAILABLE, njit, run_parallel
 
 __all__ = ["AVAILABLE", "max_update", "rotate_points"]
 
+#: fast-math without ``nnan``/``ninf``: comparisons with NaN and -inf keep IEEE semantics
+_SAFE_FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
+
 
 # ---------------------------------------------------------------------------- rotation
 @njit(nogil=True, fastmath=True, cache=True, inline="always")
@@ -179,7 +182,7 @@ def rotate_points(
 
 
 # ---------------------------------------------------------------------------- analyzer update
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(nogil=True, fastmath=_SAFE_FASTMATH, cache=True)
 def _update_pair(zr, scale, use_scale, cur, rot, i0, i1, acc):  # pragma: no cover - compiled
     d, h, w, _ = zr.shape
     v0 = np.empty(w, np.float32)
@@ -217,7 +220,7 @@ def _update_pair(zr, scale, use_scale, cur, rot, i0, i1, acc):  # pragma: no cov
             crow = cur[z, y]
             n_up = 0
             for x in range(w):
-                n_up += max(v0[x], v1[x]) > crow[x]
+                n_up += (v0[x] > crow[x]) | (v1[x] > crow[x])  # NaN never wins
             if n_up:
                 rrow = rot[z, y]
                 for x in range(w):
@@ -237,7 +240,7 @@ def _update_pair(zr, scale, use_scale, cur, rot, i0, i1, acc):  # pragma: no cov
     acc[1, 1] += q1
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(nogil=True, fastmath=_SAFE_FASTMATH, cache=True)
 def _update_one(sc, scale, use_scale, cur, rot, i0, acc):  # pragma: no cover - compiled
     d, h, w = sc.shape
     v0 = np.empty(w, np.float32)
@@ -323,6 +326,10 @@ def max_update(
     """
     b = scores.shape[0]
     d = cur.shape[0]
+    if scores.shape[1:] != cur.shape or rot.shape != cur.shape or len(indices) != b:
+        raise ValueError(f"max_update: scores {scores.shape} vs maps {cur.shape}/{rot.shape}")
+    if scale is not None and scale.shape != cur.shape:
+        raise ValueError(f"max_update: scale {scale.shape} vs maps {cur.shape}")
     n_slab = max(1, min(int(threads), d))
     edges = np.linspace(0, d, n_slab + 1).astype(int)
     acc = np.zeros((n_slab, b, 2), dtype=np.float64)

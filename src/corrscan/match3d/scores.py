@@ -29,8 +29,8 @@ standardised with its global mean and standard deviation first (for float32 accu
 Hot loop per rotation batch (:class:`BoxScorer`): rotate template (and mask), optional lab-frame
 Fourier filter on the template box, standardise, write (point-reflected) into the corner of a
 zero buffer of the FFT box, forward FFT, multiply in place by the precomputed target spectrum (a
-plain complex multiply), inverse FFT into a preallocated buffer, normalise in place (or fused
-into the analyzer), hand the valid region to the analyzer.
+plain complex multiply), inverse FFT into a preallocated buffer (in place when paired),
+normalise in place (or fused into the analyzer), hand the valid region to the analyzer.
 
 **Paired transforms (the CPU default).** The target ``f`` is real, so two real templates can
 share one complex transform: with ``z = g_a + i g_b``,
@@ -94,8 +94,9 @@ class BoxScorer:
     fft_shape
         FFT box (>= target box per axis); the target sits in its corner, zeros elsewhere.
     batch_size
-        Rotations per call (rotation, standardisation, analyzer); FFTs run one rotation at
-        a time on CPU.
+        Rotations per call (rotation, standardisation, analyzer). Paired (CPU): two per
+        complex transform, one transform at a time; use an even size (2 is best: larger
+        batches copy the maps out of the complex buffers). GPU: one batched transform.
     overlap_ratio
         MCC only.
     defer_scale
@@ -147,8 +148,11 @@ class BoxScorer:
             self._spec = torch.empty((p, *n), dtype=torch.complex64, **opts)
             self._out = torch.empty((p, *n), dtype=torch.complex64, **opts)
             cshape = (p, *n)
+            # the inverse transforms run in place: only products that keep their input
+            # spectrum (keep=True) need an output buffer of their own
+            used = {"FLC": (True, False), "MCC": (False, True, True, False, False)}.get(score, ())
             self._outs = [
-                torch.empty(cshape, dtype=torch.complex64, **opts) for _ in range(n_extra)
+                torch.empty(cshape, dtype=torch.complex64, **opts) if u else None for u in used
             ]
         else:
             rn = (*n[:-1], n[-1] // 2 + 1)
@@ -202,7 +206,7 @@ class BoxScorer:
         other._out = torch.empty_like(self._out)
         other._spec2 = None if self._spec2 is None else torch.empty_like(self._spec2)
         other._spec3 = None if self._spec3 is None else torch.empty_like(self._spec3)
-        other._outs = [torch.empty_like(o) for o in self._outs]
+        other._outs = [None if o is None else torch.empty_like(o) for o in self._outs]
         return other
 
     # ------------------------------------------------------------------ FFT helpers
@@ -307,8 +311,9 @@ class BoxScorer:
         """Scores ``(b, *fft_shape)`` for rotated (filtered) templates ``g`` ``(b, S...)``.
 
         ``m``: rotated masks ``(b, S...)`` for FLC/MCC, or the unrotated mask ``(1, S...)``
-        for FLCSphericalMask standardisation. The returned tensor is an internal buffer,
-        valid until the next call.
+        for FLCSphericalMask standardisation. The result lives in an internal buffer, valid
+        until the next call; paired (CPU) with ``b <= 2`` it is a non-contiguous view of a
+        complex buffer (real and imaginary parts; item stride 1), for ``b > 2`` a copy.
         """
         b = g.shape[0]
         sc = self.score
