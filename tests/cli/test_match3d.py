@@ -67,7 +67,8 @@ def test_search_then_peaks(tmp_path):
         ],
     )
     assert r.exit_code == 2 and "exists" in r.output
-    for fmt, name in (("csv", "p.csv"), ("relion4", "p4.star"), ("relion5", "p5.star")):
+    formats = (("csv", "p.csv"), ("relion4", "p4.star"), ("relion5", "p5.star"))
+    for fmt, name in (*formats, ("dynamo", "p.tbl")):
         r = runner.invoke(
             app,
             [

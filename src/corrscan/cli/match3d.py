@@ -180,8 +180,8 @@ def register(app: typer.Typer) -> None:
     @sub.command("peaks")
     def peaks(
         result: Path = typer.Argument(..., help="Result bundle from 'match3d search'."),
-        output: Path = typer.Option(..., "--output", "-o", help="Table (.csv or .star)."),
-        fmt: str = typer.Option("csv", "--format", help="csv | relion4 | relion5."),
+        output: Path = typer.Option(..., "--output", "-o", help="Table (.csv, .star or .tbl)."),
+        fmt: str = typer.Option("csv", "--format", help="csv | relion4 | relion5 | dynamo."),
         method: str = typer.Option(
             "maximum_filter", help="sort|maximum_filter|fast|recursive|local_max|clustering."
         ),
@@ -195,6 +195,7 @@ def register(app: typer.Typer) -> None:
         ),
         subvoxel: bool = typer.Option(False, help="Add parabolic sub-voxel positions."),
         tomo_name: str = typer.Option("tomogram", help="rlnTomoName in STAR files."),
+        tomo_number: int = typer.Option(1, help="Dynamo 'tomo' column (.tbl)."),
     ) -> None:
         """Call peaks on a search result and write the orientations table."""
         from corrscan.match3d import MatchResult, write_table
@@ -213,6 +214,7 @@ def register(app: typer.Typer) -> None:
                 tomo_name=tomo_name,
                 pixel_size=res.pixel_size,
                 shape=res.scores.shape,
+                tomo_number=tomo_number,
             )
         except (CorrscanError, ValueError) as exc:
             _fail(exc)
