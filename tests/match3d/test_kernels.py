@@ -156,3 +156,35 @@ def test_search_fused_update_equals_torch_update(rng):
         np.testing.assert_array_equal(a.rotation_index, b.rotation_index)
         assert a.score_mean == pytest.approx(b.score_mean, rel=1e-5, abs=1e-7)
         assert a.score_std == pytest.approx(b.score_std, rel=1e-5)
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_descending_batches_with_ties_to_new_equal_ascending(rng, paired):
+    """Batches fed from the end of a range (the downward search thread) with ``ties_to_new``
+    give the ascending result, exact ties included (the smaller index wins); without the
+    flag they would not (the test can fail)."""
+    shape = (4, 5, 6)
+    base = rng.normal(size=(3, *shape)).astype(np.float32)
+    # 6 maps: 0/1 a pair, 2/3 a pair equal to 0/1 (exact ties), 4/5 another pair
+    maps = np.stack([base[0], base[1], base[0], base[1], base[2], base[2] - 0.5])
+    batches = [(0, 2), (2, 4), (4, 6)]
+
+    def feed(order, ties):
+        cur = np.full(shape, -np.inf, dtype=np.float32)
+        rot = np.full(shape, -1, dtype=np.int32)
+        for a, b in order:
+            if paired:
+                z = torch.complex(torch.from_numpy(maps[a]), torch.from_numpy(maps[a + 1]))
+                sc = torch.view_as_real(z).movedim(-1, 0).numpy()
+            else:
+                sc = maps[a:b]
+            kernels.max_update(sc, list(range(a, b)), cur, rot, ties_to_new=ties)
+        return cur, rot
+
+    up = feed(batches, False)
+    down = feed(batches[::-1], True)
+    np.testing.assert_array_equal(up[0], down[0])
+    np.testing.assert_array_equal(up[1], down[1])
+    assert set(np.unique(up[1])) <= {0, 1, 4, 5}  # 2, 3 only tie with 0, 1
+    wrong = feed(batches[::-1], False)
+    assert (wrong[1] >= 2).any() and (wrong[1] != up[1]).any()

@@ -271,3 +271,33 @@ def test_batched_fft_path_equals_single(rng, score):
     a = one(g, mr).clone()
     b = many(g, mr)
     np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+
+
+def test_balanced_threads_keep_the_smallest_rotation_on_ties(rng):
+    """Two threads working a range from both ends (the downward one lets ties go to the new,
+    smaller index) give the one-thread maps bit for bit, also when many rotations tie exactly
+    (a template invariant under quarter turns about z, rotated exactly on the grid)."""
+    tomo = rng.normal(size=(20, 20, 20)).astype(np.float32)
+    z, y, x = np.mgrid[:9, :9, :9] - 4
+    tmpl = np.exp(-(x**2 + y**2) / 6.0 - z**2 / 3.0).astype(np.float32) * (1 + 0.3 * (z > 0))
+    quarter = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    tilt = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    mats = [np.linalg.matrix_power(quarter, k) @ t for t in (np.eye(3), tilt) for k in range(4)]
+    # 40 generic rotations first, then the 8 exact quarter-turn rotations twice (same pair
+    # partners, so bitwise equal scores): the duplicates lie in the downward thread's part
+    from corrscan.match3d.rotations import super_fibonacci_rotations
+
+    generic = super_fibonacci_rotations(40)
+    rots = np.concatenate([generic, np.stack(mats * 2)]).astype(np.float32)
+    kw = dict(rotations=rots, score="CC", interpolation_order=1, progress=False)
+    one = match_template(tomo, tmpl, workers=1, **kw)
+    for workers in (2, 3):
+        many = match_template(tomo, tmpl, workers=workers, **kw)
+        assert many.metadata["workers"] == workers and many.metadata["fused_update"]
+        np.testing.assert_array_equal(many.scores, one.scores)
+        np.testing.assert_array_equal(many.rotation_index, one.rotation_index)
+        np.testing.assert_array_equal(many.rotations, one.rotations)
+        assert many.score_mean == one.score_mean and many.score_std == one.score_std
+    # exact ties did happen, and the smaller index of each duplicate pair won
+    idx = one.rotation_index
+    assert (idx >= 40).mean() > 0.2 and idx.max() < 48

@@ -152,6 +152,9 @@ class MaxScoreOverRotations:
         self.fused = False
         #: threads the compiled update splits the volume between (z-slabs)
         self.kernel_threads = 1
+        #: compiled path: batches arrive in descending rotation order (a search thread
+        #: working from the end of its range), so equal scores go to the new, smaller index
+        self.ties_to_new = False
 
     # ------------------------------------------------------------------ updates
     def _register(self, matrix: np.ndarray) -> int:
@@ -250,6 +253,7 @@ class MaxScoreOverRotations:
                 self._rotations.numpy(),
                 None if scale is None else scale.numpy(),
                 threads=self.kernel_threads,
+                ties_to_new=self.ties_to_new,
             )
             for i, (s1, s2) in zip(indices.tolist(), stats.tolist(), strict=True):
                 st = self._stats.setdefault(int(i), [0.0, 0.0, 0])
@@ -526,7 +530,7 @@ class MaxScoreOverRotations:
                     f"in output shape {output_shape}"
                 )
             lut = np.full(max(mapping, default=-1) + 2, -1, dtype=np.int32)
-            for i, m in mapping.items():
+            for i, m in sorted(mapping.items()):  # index order, whatever the update order
                 lut[int(i)] = out._register(m)
             new_rot = torch.from_numpy(lut[rot.astype(np.int64)])
             new_s = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))

@@ -183,7 +183,9 @@ def rotate_points(
 
 # ---------------------------------------------------------------------------- analyzer update
 @njit(nogil=True, fastmath=_SAFE_FASTMATH, cache=True)
-def _update_pair(zr, scale, use_scale, cur, rot, i0, i1, acc):  # pragma: no cover - compiled
+def _update_pair(
+    zr, scale, use_scale, cur, rot, i0, i1, acc, ties_new
+):  # pragma: no cover - compiled
     d, h, w, _ = zr.shape
     v0 = np.empty(w, np.float32)
     v1 = np.empty(w, np.float32)
@@ -219,21 +221,27 @@ def _update_pair(zr, scale, use_scale, cur, rot, i0, i1, acc):  # pragma: no cov
             q1 += p1
             crow = cur[z, y]
             n_up = 0
-            for x in range(w):
-                n_up += (v0[x] > crow[x]) | (v1[x] > crow[x])  # NaN never wins
+            if ties_new:  # a tie may go to the new pair (checked exactly below)
+                for x in range(w):
+                    n_up += (v0[x] >= crow[x]) | (v1[x] >= crow[x])
+            else:
+                for x in range(w):
+                    n_up += (v0[x] > crow[x]) | (v1[x] > crow[x])  # NaN never wins
             if n_up:
                 rrow = rot[z, y]
                 for x in range(w):
+                    # the pair's winner (i0 on a tie; a NaN never wins), then against the map
+                    if (v1[x] > v0[x]) | (v0[x] != v0[x]):
+                        vb = v1[x]
+                        ib = i1
+                    else:
+                        vb = v0[x]
+                        ib = i0
                     c = crow[x]
                     r = rrow[x]
-                    if v0[x] > c:
-                        c = v0[x]
-                        r = i0
-                    if v1[x] > c:
-                        c = v1[x]
-                        r = i1
-                    crow[x] = c
-                    rrow[x] = r
+                    if (vb > c) | (ties_new & (vb == c) & (r >= 0)):
+                        crow[x] = vb
+                        rrow[x] = ib
     acc[0, 0] += a0
     acc[0, 1] += q0
     acc[1, 0] += a1
@@ -241,7 +249,7 @@ def _update_pair(zr, scale, use_scale, cur, rot, i0, i1, acc):  # pragma: no cov
 
 
 @njit(nogil=True, fastmath=_SAFE_FASTMATH, cache=True)
-def _update_one(sc, scale, use_scale, cur, rot, i0, acc):  # pragma: no cover - compiled
+def _update_one(sc, scale, use_scale, cur, rot, i0, acc, ties_new):  # pragma: no cover - compiled
     d, h, w = sc.shape
     v0 = np.empty(w, np.float32)
     a0 = 0.0
@@ -265,29 +273,34 @@ def _update_one(sc, scale, use_scale, cur, rot, i0, acc):  # pragma: no cover - 
             q0 += p0
             crow = cur[z, y]
             n_up = 0
-            for x in range(w):
-                n_up += v0[x] > crow[x]
+            if ties_new:
+                for x in range(w):
+                    n_up += v0[x] >= crow[x]
+            else:
+                for x in range(w):
+                    n_up += v0[x] > crow[x]
             if n_up:
                 rrow = rot[z, y]
                 for x in range(w):
-                    if v0[x] > crow[x]:
+                    c = crow[x]
+                    if (v0[x] > c) | (ties_new & (v0[x] == c) & (rrow[x] >= 0)):
                         crow[x] = v0[x]
                         rrow[x] = i0
     acc[0] += a0
     acc[1] += q0
 
 
-def _update_slab(scores, scale, cur, rot, idx, acc) -> None:
+def _update_slab(scores, scale, cur, rot, idx, acc, ties_new) -> None:
     """All items of one z-slab in order (ties: the earlier item wins); GIL released inside."""
     use = scale is not None
     sc = scale if use else _NO_SCALE
     first = 0
     if scores.shape[0] >= 2 and scores.strides[0] == scores.itemsize:  # complex pairs
         zr = np.moveaxis(scores[:2], 0, -1)
-        _update_pair(zr, sc, use, cur, rot, idx[0], idx[1], acc[:2])
+        _update_pair(zr, sc, use, cur, rot, idx[0], idx[1], acc[:2], ties_new)
         first = 2
     for j in range(first, scores.shape[0]):
-        _update_one(scores[j], sc, use, cur, rot, idx[j], acc[j])
+        _update_one(scores[j], sc, use, cur, rot, idx[j], acc[j], ties_new)
 
 
 _NO_SCALE = np.ones((1, 1, 1), dtype=np.float32)
@@ -300,6 +313,7 @@ def max_update(
     rot: np.ndarray,
     scale: np.ndarray | None = None,
     threads: int = 1,
+    ties_to_new: bool = False,
 ) -> np.ndarray:
     """Fold score maps into the running max / arg-max maps in place; return the statistics.
 
@@ -318,6 +332,10 @@ def max_update(
     threads
         Split the volume into this many z-slabs updated in parallel (same maps; the
         statistics are summed slab by slab, so they round differently for another count).
+    ties_to_new
+        For batches fed in DESCENDING rotation order (indices smaller than every stored one):
+        a new score equal to the stored one (and not the empty fill) takes the voxel, so the
+        smaller rotation index still wins ties. Within a batch the earlier item wins.
 
     Returns
     -------
@@ -337,7 +355,7 @@ def max_update(
     tasks = []
     for k, (z0, z1) in enumerate(pairwise(edges)):
         sl = None if scale is None else scale[z0:z1]
-        args = (scores[:, z0:z1], sl, cur[z0:z1], rot[z0:z1], idx, acc[k])
+        args = (scores[:, z0:z1], sl, cur[z0:z1], rot[z0:z1], idx, acc[k], bool(ties_to_new))
         tasks.append((_update_slab, args))
     run_parallel(tasks)
     return acc.sum(axis=0)

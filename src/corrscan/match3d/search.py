@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import math
 import queue
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -504,21 +505,33 @@ def _search_range(
     an = _new_analyzer(prep, box)
     b = prep.batch_size
     for b0 in range(start, stop, b):
-        b1 = min(b0 + b, stop)
-        r = prep.rots_d[b0:b1]
-        gr = apply_filter(prep.rotator(r), prep.filt)
-        if prep.mask_rotator is not None:
-            mr = prep.mask_rotator(r)
-        elif prep.score == "FLCSphericalMask":
-            mr = prep.mask[None]
-        else:
-            mr = None
-        sc = scorer(gr, mr)
-        idx = torch.arange(b0, b1, dtype=torch.int32)
-        an.update(sc[valid], idx, prep.rots[b0:b1], scale=scale)
+        _search_batch(prep, an, b0, min(b0 + b, stop), scorer, valid, scale)
         if tick is not None:
             next(tick, None)
     return an
+
+
+def _search_batch(
+    prep: Prepared3D,
+    an: MaxScoreOverRotations,
+    b0: int,
+    b1: int,
+    scorer: BoxScorer,
+    valid: tuple,
+    scale: torch.Tensor | None,
+) -> None:
+    """Rotations ``[b0, b1)`` (one batch) of a box into the analyzer ``an``."""
+    r = prep.rots_d[b0:b1]
+    gr = apply_filter(prep.rotator(r), prep.filt)
+    if prep.mask_rotator is not None:
+        mr = prep.mask_rotator(r)
+    elif prep.score == "FLCSphericalMask":
+        mr = prep.mask[None]
+    else:
+        mr = None
+    sc = scorer(gr, mr)
+    idx = torch.arange(b0, b1, dtype=torch.int32)
+    an.update(sc[valid], idx, prep.rots[b0:b1], scale=scale)
 
 
 def _search_range_pooled(
@@ -541,6 +554,78 @@ def _search_range_pooled(
         return _search_range(prep, box, start, stop, scorer, valid, scale)
     finally:
         free.put(scorer)
+
+
+def _search_ranges_balanced(
+    prep: Prepared3D,
+    box: int,
+    ranges: Sequence[tuple[int, int]],
+    scorer: BoxScorer,
+    valid: tuple,
+    scale: torch.Tensor | None,
+    tick: Iterator[Any] | None,
+) -> list[MaxScoreOverRotations]:
+    """Rotation ranges of one box on ``prep.n_workers`` threads, balanced at run time.
+
+    Each range is cut into ``ceil(n_workers / 2)`` contiguous segments; two threads share a
+    segment, one taking batches from its start upwards, the other from its end downwards,
+    until they meet, so neither idles while the other still has work (static halves left one
+    thread alone for up to a third of a run). Each thread keeps one analyzer over one
+    contiguous part; the downward one lets equal scores go to the new (smaller) index
+    (``ties_to_new``), so every voxel keeps the same rotation as a one-thread search and the
+    merge is exact. Needs the compiled update (``prep.fused``).
+    """
+    batch, n_workers = prep.batch_size, prep.n_workers
+    n_seg = math.ceil(n_workers / 2)
+    jobs = []  # (segment state, direction)
+    for c0, c1 in ranges:
+        n_b = math.ceil((c1 - c0) / batch)
+        edges = [c0 + batch * round(k * n_b / n_seg) for k in range(n_seg + 1)]
+        for a, c in itertools.pairwise(edges):
+            c = min(c, c1)
+            if c <= a:
+                continue
+            seg = {"lo": a, "hi": c, "lock": threading.Lock()}
+            jobs.append((seg, +1))
+            if len(jobs) < n_workers:
+                jobs.append((seg, -1))
+    lock = threading.Lock()
+
+    def next_batch(seg: dict, direction: int) -> tuple[int, int] | None:
+        with seg["lock"]:
+            if seg["lo"] >= seg["hi"]:
+                return None
+            if direction > 0:
+                b0 = seg["lo"]
+                b1 = min(b0 + batch, seg["hi"])
+                seg["lo"] = b1
+            else:  # the last batch: starts at a multiple of the batch from the range start
+                b0 = seg["lo"] + ((seg["hi"] - 1 - seg["lo"]) // batch) * batch
+                b1 = seg["hi"]
+                seg["hi"] = b0
+            return b0, b1
+
+    def work(seg: dict, direction: int, sc: BoxScorer) -> MaxScoreOverRotations | None:
+        torch.set_num_threads(1)
+        an = _new_analyzer(prep, box)
+        an.ties_to_new = direction < 0
+        done = 0
+        while (nb := next_batch(seg, direction)) is not None:
+            _search_batch(prep, an, nb[0], nb[1], sc, valid, scale)
+            done += 1
+            if tick is not None:
+                with lock:
+                    next(tick, None)
+        return an if done else None
+
+    scorers = [scorer] + [scorer.fork() for _ in range(len(jobs) - 1)]
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        futures = [
+            pool.submit(work, seg, d, sc) for (seg, d), sc in zip(jobs, scorers, strict=True)
+        ]
+        found = [f.result() for f in futures]
+    # merge order = index order of the parts (front parts come before back parts)
+    return [an for an in found if an is not None]
 
 
 def _check_task(prep: Prepared3D, box: int, start: int, stop: int) -> None:
@@ -860,6 +945,9 @@ def match_template(
             if n_workers == 1:
                 for a, c in ranges:
                     analyzers.append(_search_range(prep, i, a, c, scorer, valid, scale, tick))
+                continue
+            if prep.fused:
+                analyzers += _search_ranges_balanced(prep, i, ranges, scorer, valid, scale, tick)
                 continue
             # rotation-parallel threads (torch ops release the GIL), one buffer set each;
             # sub-ranges start at multiples of the batch size, so the merge is exact
