@@ -875,7 +875,9 @@ def match_template(
         CPU only: rotation-parallel worker threads in this process, each running
         single-threaded torch ops on its own buffers (one copy of the target spectra). Scales
         better than torch's intra-op threads for FFT-bound searches, especially on a busy
-        machine. Results are identical to ``workers=1``. Default: for CPU boxes of at least
+        machine. With the compiled update, two threads share each part of the rotation range
+        from both ends, so the load balances at run time. Results are identical to
+        ``workers=1``. Default: for CPU boxes of at least
         ``96^3`` voxels with ``num_threads`` unset, torch's thread count (as memory allows),
         else 1.
     fused
