@@ -17,6 +17,7 @@ from corrscan.core.checkpoint import Checkpoint
 from corrscan.core.config import Config
 from corrscan.core.io import read_image, read_mrc, read_star, read_tiff, write_mrc, write_tiff
 from corrscan.core.io.star import write_star
+from corrscan.core.io.structure import read_atoms
 from corrscan.errors import CorrscanError
 
 FUZZ = settings(
@@ -44,6 +45,11 @@ def _valid_bytes(tmp_path, kind: str) -> bytes:
         )
     elif kind == "yaml":
         p.write_text("pixel_size: 1.2\nn: 3\n")
+    elif kind in ("pdb", "cif", "gro"):
+        from tests.core.test_io_structure import ATOMS, _cif_text, _gro_text, _pdb_text
+
+        text = {"pdb": _pdb_text, "cif": _cif_text, "gro": _gro_text}[kind](ATOMS)
+        p.write_text(text)
     return p.read_bytes()
 
 
@@ -52,6 +58,9 @@ READERS = {
     "tif": lambda p: read_tiff(p),
     "star": lambda p: read_star(p),
     "yaml": lambda p: _Cfg.from_yaml(p),
+    "pdb": lambda p: read_atoms(p),
+    "cif": lambda p: read_atoms(p),
+    "gro": lambda p: read_atoms(p),
 }
 
 

@@ -114,6 +114,10 @@ def _read_mmcif(path: Path) -> pd.DataFrame:
     if not rows:
         raise FileFormatError(f"{path}: no _atom_site loop found (is it an mmCIF file?)")
     df = pd.DataFrame([r[: len(cols)] for r in rows if len(r) >= len(cols)], columns=cols)
+    if df.empty:
+        raise FileFormatError(
+            f"{path}: no complete _atom_site row ({len(cols)} values each; truncated file?)"
+        )
     if "pdbx_PDB_model_num" in df:
         df = df[df["pdbx_PDB_model_num"] == df["pdbx_PDB_model_num"].iloc[0]]
     try:
