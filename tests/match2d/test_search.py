@@ -247,6 +247,43 @@ def test_valid_crop_off_and_resolution_limit(template, planted):
         assert float(d.min()) <= 2.0 * scale + 1
 
 
+def test_resolution_matched_angular_steps(template, planted, grid):
+    """At 2/3 Nyquist the steps scale by 1.5: a 13.3° grid becomes the 20° planting grid."""
+    img, truth, _ = planted
+    fine = OrientationSearchConfig(
+        psi_step=STEP / 1.5, theta_step=STEP / 1.5, match_resolution_limit=True
+    )
+    res = match_template(
+        img, template, optics=OPTICS, defocus_search=DF_SEARCH, orientation_search=fine,
+        preprocessing=PRE, resolution_limit=3 * PX, progress=False,
+    )  # fmt: skip
+    assert res.metadata["angular_step_scale"] == pytest.approx(1.5)
+    n = res.metadata["total_orientations"]
+    assert n == len(grid.angles())
+    assert n * 2.5 < len(fine.angles())  # the unmatched fine grid: ~1.5³ more orientations
+    # every planted particle stands out at its position (z 4.8-6.3 at this resolution on a
+    # 128² micrograph, against noise maxima ~5 over the whole map), and the two strongest
+    # peaks of the map are planted particles. (Orientations are not checked: at 4.5 Å this
+    # small synthetic template has pseudo-symmetric views, one particle's best grid
+    # orientation is 100° from the planted one; refine at full resolution for angles.)
+    z = res.maps["scaled_mip"]
+    scale = res.metadata["scale_to_input"]
+    for _, t in truth.iterrows():
+        y0 = round(t["y"] / scale) - res.box // 2
+        x0 = round(t["x"] / scale) - res.box // 2
+        assert float(z[y0 - 2 : y0 + 3, x0 - 2 : x0 + 3].max()) > 4.5
+    py, px = find_peaks_from_zscore(z, 4.0, mask_radius=8)
+    for y, x in zip(py[:2].tolist(), px[:2].tolist(), strict=True):
+        d = np.hypot(
+            (y + res.box // 2) * scale - truth["y"], (x + res.box // 2) * scale - truth["x"]
+        )
+        assert d.min() <= 2.0 * scale + 1
+    # without a resolution limit the option changes nothing
+    assert len(fine.angles()) == len(
+        OrientationSearchConfig(psi_step=STEP / 1.5, theta_step=STEP / 1.5).angles()
+    )
+
+
 def test_bundle_roundtrip(planted, tmp_path):
     import mrcfile
 

@@ -384,6 +384,33 @@ class MaxAccumulator:
         self._fold_batch(xm, xm.amax(0), pl)
         return self
 
+    def fused_buffers(
+        self, payload_dtypes: Mapping[str, torch.dtype]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The stored maximum and payload maps, for a fused kernel that folds its own
+        candidates in place (created at their fill values if needed; counts as one update).
+
+        The caller must apply this class's rule exactly: a larger score wins; on a tie the
+        smaller tie-break payload wins; NaN never wins. :meth:`update` and
+        :meth:`update_reduced` are the reference implementations.
+
+        Parameters
+        ----------
+        payload_dtypes
+            ``{name: dtype}`` for every name in ``payload_names``.
+
+        Returns
+        -------
+        tuple
+            ``(max, {name: payload})``: the accumulator's own `(*shape)` contiguous tensors.
+        """
+        missing = [n for n in self.payload_names if n not in payload_dtypes]
+        if missing:
+            raise InputError(f"payload_dtypes is missing {missing}")
+        self._ensure_payloads(payload_dtypes)
+        self.n_updates += 1
+        return self._max, {n: self._payloads[n] for n in self.payload_names}
+
     def update_reduced(
         self,
         max_map: torch.Tensor,

@@ -140,6 +140,14 @@ class OrientationSearchConfig(Config):
     Either ``symmetry`` is set (ranges reduced like torch-so3) or explicit ranges are given
     (missing ones default to phi 0-360, theta 0-180, psi 0-360). Upper bounds: phi and psi
     exclusive, theta inclusive.
+
+    ``match_resolution_limit`` (corrscan addition, default off): in a resolution-limited
+    search (``resolution_limit`` set), multiply ``psi_step`` and ``theta_step`` by
+    ``resolution_limit / (2 · pixel_size)`` (1.5 at 2/3 Nyquist). The angular step a template
+    needs scales with the resolution it is matched at (a rotation by ``Δ`` radians moves a
+    point at radius ``r`` by ``r·Δ``; keeping that below the same fraction of the resolution
+    gives ``Δ ∝ d / r``), so the coarser grid samples the cropped search as densely as the
+    steps given sample the full one, for about ``1 / scale³`` of the orientations.
     """
 
     psi_step: float = Field(1.5, gt=0)
@@ -152,14 +160,18 @@ class OrientationSearchConfig(Config):
     psi_max: float | None = None
     base_grid_method: Literal["uniform", "healpix", "cartesian"] = "uniform"
     symmetry: str | None = "C1"
+    match_resolution_limit: bool = False
 
     def _range(self, lo: float | None, hi: float | None, full: tuple[float, float]):
         if lo is None and hi is None:
             return None
         return (full[0] if lo is None else lo, full[1] if hi is None else hi)
 
-    def angles(self) -> torch.Tensor:
-        """`(n, 3)` float64 ``(phi, theta, psi)`` degrees."""
+    def angles(self, step_scale: float = 1.0) -> torch.Tensor:
+        """`(n, 3)` float64 ``(phi, theta, psi)`` degrees; ``step_scale`` multiplies both
+        steps (see ``match_resolution_limit``)."""
+        if not step_scale > 0:
+            raise InputError(f"step_scale must be > 0, got {step_scale}")
         from corrscan.core.rotations import so3_grid
 
         ranges = {
@@ -176,8 +188,8 @@ class OrientationSearchConfig(Config):
             }
         sym = self.symmetry if (self.symmetry and not any_range) else "C1"
         return so3_grid(
-            psi_step=self.psi_step,
-            theta_step=self.theta_step,
+            psi_step=self.psi_step * step_scale,
+            theta_step=self.theta_step * step_scale,
             base_grid=self.base_grid_method,
             symmetry=sym,
             **ranges,

@@ -197,8 +197,6 @@ class _FusedState:
         self._sync_free = device.type == "cuda"
         # CPU: one compiled pass per chunk (numba) instead of ~6 torch passes
         self._compiled = device.type == "cpu" and kernels.AVAILABLE
-        self._cand_buf: torch.Tensor | None = None
-        self._best_buf: torch.Tensor | None = None
         self._spec_buf = torch.empty(0, dtype=torch.complex64, device=device)
 
     def spectrum_buffer(self, shape: tuple[int, ...]) -> torch.Tensor:
@@ -230,7 +228,7 @@ class _FusedState:
         h, w = self.image_shape
         hv, wv = self.shape
         if self._compiled and maps.is_contiguous() and self.best.max.dtype == torch.float32:
-            self._update_compiled(maps, item_index, scale)
+            self._update_compiled(list(maps.unbind(0)), item_index, scale)
             return
         flat = maps.view(n, h * w)
         if scale is not None:
@@ -266,24 +264,31 @@ class _FusedState:
         self.pending += int(n)
 
     def _update_compiled(
-        self, maps: torch.Tensor, item_index: torch.Tensor, scale: torch.Tensor | None
+        self, maps: list[torch.Tensor], item_index: torch.Tensor, scale: torch.Tensor | None
     ) -> None:
-        """CPU: the same update in one compiled pass (see :mod:`corrscan.match2d.kernels`)."""
-        n = maps.shape[0]
-        hv, wv = self.shape
-        if self._cand_buf is None:
-            self._best_buf = torch.empty(self.shape, dtype=torch.float32)
-            self._cand_buf = torch.empty(hv * wv, dtype=torch.int64)
+        """CPU: the same update in one compiled pass over separate `(H, W)` contiguous float32
+        maps, folded straight into the accumulator (see :mod:`corrscan.match2d.kernels`)."""
+        n = len(maps)
         sc = torch.ones(n) if scale is None else scale.to(torch.float32).contiguous()
-        k = kernels.chunk_reduce(
-            maps.numpy(), sc.numpy(), item_index.to(torch.int64).contiguous().numpy(),
-            self.best.max.numpy(), self.s1.view(-1).numpy(), self.s2.view(-1).numpy(),
-            self._best_buf.numpy(), self._arg_buf.numpy(), self._cand_buf.numpy(),
+        mip, pl = self.best.fused_buffers({"index": torch.int64})
+        kernels.chunk_reduce(
+            [m.numpy() for m in maps], sc.numpy(),
+            item_index.to(torch.int64).contiguous().numpy(),
+            self.s1.view(-1).numpy(), self.s2.view(-1).numpy(), mip.numpy(), pl["index"].numpy(),
         )  # fmt: skip
-        self.best.update_reduced(
-            self._best_buf, {"index": self._arg_buf}, candidates=self._cand_buf[:k]
-        )
         self.pending += int(n)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether updates run the compiled CPU kernel (:meth:`update_maps` available)."""
+        return self._compiled and self.best.max.dtype == torch.float32
+
+    def update_maps(
+        self, maps: list[torch.Tensor], item_index: torch.Tensor, scale: torch.Tensor
+    ) -> None:
+        """Compiled CPU update from separate `(H, W)` contiguous float32 maps (not modified);
+        ``item_index`` and ``scale`` `(n,)` as in :meth:`update`."""
+        self._update_compiled(maps, item_index, scale)
 
     def flush(self) -> None:
         """Move the batch sums (valid region) into the exact moment accumulator."""
@@ -384,7 +389,29 @@ def _correlate_batch(plan: SearchPlan, state: _FusedState, start: int, stop: int
     rot = euler_to_matrix(plan.angles[start:stop].to(torch.float64)).to(dev, torch.float32)
     slices = central_slices(plan.template, rot)  # (B, Dp, Dp//2+1)
     d_idx = torch.arange(n_def, device=dev, dtype=torch.int64)
-    if plan.placement == "micrograph":
+    if plan.placement == "micrograph" and state.compiled:
+        proj = subtract_edge_mean(slices_to_images(plan.template, slices))  # (B, h, h)
+        filters = plan.filters
+        for c0 in range(0, stop - start, plan.chunk):
+            c1 = min(c0 + plan.chunk, stop - start)
+            pc = proj[c0:c1]
+            # zero-padded forward FFT (MKL's padded rfft2 beats a pruned row/column pair)
+            pft = torch.fft.rfft2(pc, s=(h_img, w_img))
+            var = _noise_variance(plan, pc, pft)  # (n_def, c)
+            inv = torch.rsqrt(var.clamp_min(1e-30)).T.reshape(-1)  # orientation-major
+            pft = pft.conj_physical()
+            # one inverse FFT per correlation: a single spectrum and its map stay in L2
+            # (batched CPU irfft2s of more than ~1 MB run up to 2x slower per map)
+            spec = state.spectrum_buffer(pft.shape[-2:])
+            maps = []
+            for o in range(c1 - c0):
+                for d in range(n_def):
+                    torch.mul(filters[d], pft[o], out=spec)
+                    maps.append(torch.fft.irfft2(spec, s=(h_img, w_img)))
+            o_idx = torch.arange(start + c0, start + c1, dtype=torch.int64)
+            item = (o_idx[:, None] * n_def + d_idx.cpu()[None, :]).reshape(-1)
+            state.update_maps(maps, item, inv)
+    elif plan.placement == "micrograph":
         proj = subtract_edge_mean(slices_to_images(plan.template, slices))  # (B, h, h)
         for c0 in range(0, stop - start, plan.chunk):
             c1 = min(c0 + plan.chunk, stop - start)
@@ -657,7 +684,10 @@ def _prepare(
         if angles.shape[0] == 0:
             raise InputError("orientations is empty: give at least one (phi, theta, psi) row")
     else:
-        angles = orientation_search.angles().to(torch.float64)
+        step_scale = 1.0
+        if resolution_limit is not None and orientation_search.match_resolution_limit:
+            step_scale = resolution_limit / (2 * float(optics.pixel_size))
+        angles = orientation_search.angles(step_scale).to(torch.float64)
         if angles.shape[0] == 0:
             raise InputError(
                 "orientation_search gives no orientations: widen the angle ranges or the steps"
@@ -704,6 +734,10 @@ def _prepare(
     cpu = dev0.type == "cpu"
     if compute.chunk_orientations:
         chunk = compute.chunk_orientations
+    elif cpu and kernels.AVAILABLE:
+        # compiled update: one kernel call per chunk (up to kernels.GROUP maps in one pass
+        # amortise the per-pixel state traffic); the chunk's maps take <= ~32 MB
+        chunk = max(1, min(kernels.GROUP // n_def, (32 << 20) // (4 * h_img * w_img * n_def)))
     elif cpu:
         # a chunk's maps and spectra (~16 bytes per pixel and item) should stay in cache
         chunk = max(1, min(32, (8 << 20) // (16 * h_img * w_img * n_def)))
@@ -749,9 +783,14 @@ def _prepare(
     meta = {
         "resolution_limit": resolution_limit,
         "scale_to_input": scale,
+        "angular_step_scale": 1.0 if orientations is not None else step_scale,
         "input_pixel_size": float(optics.pixel_size),
         "orientation_batch_size": batch,
         "chunk_orientations": chunk,
+        # maps per inverse FFT call (the compiled CPU path transforms one map at a time)
+        "inverse_fft_batch": 1
+        if cpu and kernels.AVAILABLE and compute.ctf_placement == "micrograph"
+        else chunk * n_def,
         "workers": [str(w) for w in workers],
         "ctf_placement": compute.ctf_placement,
         "template_oversampling": compute.template_oversampling,
