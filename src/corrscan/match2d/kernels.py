@@ -126,6 +126,4 @@ def chunk_reduce(
         group = maps[g0 : g0 + GROUP]
         m = len(group)
         group += [group[0]] * (GROUP - m)
-        _reduce_group(
-            tuple(group), m, scale[g0 : g0 + m], items[g0 : g0 + m], s1, s2, mip, index
-        )
+        _reduce_group(tuple(group), m, scale[g0 : g0 + m], items[g0 : g0 + m], s1, s2, mip, index)
