@@ -58,13 +58,13 @@ Method
      ``n_defocus`` (the defocus planes of one orientation);
   C. one thread with torch's default intra-op threads, batch ``n_defocus x orientation
      batch`` (capped by memory): **the issue's floor**, "one batched irfft2 at the image size
-     per CCG" at the peer's batching (the issue quotes ~830/s at 512² and ~110/s at 1024² for
-     it on the 2-core CI machine).
+     per CCG" at the batching both tools run with (``--batch``, 16 by default); the issue
+     quotes ~830/s at 512² and ~110/s at 1024² for it on the 2-core CI machine.
 
   Each layout is timed with a fresh output per call and with ``out=``, best of 5. The
   ``ccg_per_s`` line's ``floor_pct`` is relative to C; a second line
   ``ccg_per_s_<case>_vs_fastest_irfft2`` gives ``floor_pct`` relative to the fastest of A-C
-  (a cache-resident single transform per core, 3-5x faster per map than C on the CPU), the
+  (a cache-resident single transform per core, 1.4-6x faster per map than C on the CPU), the
   strict bound: a search also multiplies spectra and reads every map, so it cannot reach it.
   On a GPU: one worker, B = A.
 * **resolution-limited search** (corrscan only): the same search with

@@ -31,10 +31,16 @@ def test_chunk_reduce_known_answers(rng, n):
     h, w, hv, wv = 9, 11, 5, 7
     maps = rng.normal(size=(n, h, w)).astype(np.float32)
     maps[3, 0, :4] = maps[1, 0, :4]  # exact ties inside a group: the smaller index wins
-    maps[n - 1, 1, :3] = maps[0, 1, :3] + 5  # ties across groups (n > GROUP)
-    maps[n - 2, 1, :3] = maps[0, 1, :3] + 5
+    maps[n - 1, 1, :3] = maps[0, 1, :3] + 50  # ties across groups (n > GROUP)
+    maps[n - 2, 1, :3] = maps[0, 1, :3] + 50
     maps[2, 2, 2] = np.nan  # NaN never wins
+    maps[:, 3, 1] = np.nan  # every map NaN: the stored value and index stay
     items = rng.permutation(np.arange(100, 100 + 3 * n, 3)).astype(np.int64)  # any order
+    if n > kernels.GROUP:  # the tied maps n-1 and n-2 sort into different groups
+        lo, hi = np.sort(items)[[0, -1]]
+        rest = np.sort(items)[1:-1]
+        items[: n - 2] = rng.permutation(rest)
+        items[n - 2], items[n - 1] = hi, lo
     scale = rng.uniform(0.5, 2.0, size=n).astype(np.float32)
     scale[3] = scale[1]
     scale[n - 1] = scale[n - 2] = scale[0] = 1.0
@@ -46,6 +52,7 @@ def test_chunk_reduce_known_answers(rng, n):
     idx[0, 3] = 5
     mip[0, 4] = (maps[:, 0, 4] * scale).max()  # ... with a larger one: the chunk's item wins
     idx[0, 4] = 10**6
+    mip[3, 1], idx[3, 1] = -np.inf, np.iinfo(np.int64).max  # a never-updated pixel
     s1 = np.full(h * w, 1.0, dtype=np.float32)  # sums are added to
     s2 = np.zeros(h * w, dtype=np.float32)
     ref = _reference(maps, scale, items, mip, idx)
@@ -58,10 +65,11 @@ def test_chunk_reduce_known_answers(rng, n):
     np.testing.assert_array_equal(idx, ref[3])
     assert mip[4, 6] == 50.0 and idx[4, 6] == 7
     assert idx[0, 3] == 5
+    assert mip[3, 1] == -np.inf and idx[3, 1] == np.iinfo(np.int64).max
     assert idx[0, 4] == items[np.argmax(maps[:, 0, 4] * scale)]
-    assert np.isfinite(mip).all()
-    if n > kernels.GROUP:  # the cross-group tie went to the smaller of the two items
-        assert idx[1, 0] == min(items[n - 1], items[n - 2]) or mip[1, 0] != ref[2][1, 0]
+    assert not np.isnan(mip).any()
+    if n > kernels.GROUP:  # the cross-group tie went to the smaller item (in the 2nd group)
+        assert (idx[1, :3] == items[n - 1]).all()
 
 
 def test_chunk_reduce_matches_the_accumulator(rng):

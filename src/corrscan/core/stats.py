@@ -391,8 +391,9 @@ class MaxAccumulator:
         candidates in place (created at their fill values if needed; counts as one update).
 
         The caller must apply this class's rule exactly: a larger score wins; on a tie the
-        smaller tie-break payload wins; NaN never wins. :meth:`update` and
-        :meth:`update_reduced` are the reference implementations.
+        smaller tie-break payload wins (:meth:`update` and :meth:`update_reduced` are the
+        reference implementations); a NaN score must not be stored (scores are meant to be
+        finite, see the module notes).
 
         Parameters
         ----------

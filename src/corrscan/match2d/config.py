@@ -281,8 +281,11 @@ class ComputeConfig(Config):
     orientation_batch_size
         Orientations projected per batch; ``None`` plans it from free memory.
     chunk_orientations
-        Orientations correlated per fused step (CPU: small, so one step stays in cache;
-        ``None``: 1 on CPU, the whole batch on CUDA).
+        Orientations correlated per fused step. ``None``: on the CPU with numba, as many as
+        keep the step at <= 16 maps (all defocus planes of each orientation) and <= ~32 MB
+        of maps (1 when the defocus planes alone exceed that); on the CPU without numba, as
+        many as keep the step's spectra and maps in ~8 MB (at least 1); on CUDA, planned
+        from free memory (<= 16).
     num_threads
         CPU worker threads (each with single-threaded torch ops and its own partial state,
         merged at the end); ``None`` = torch's thread count.

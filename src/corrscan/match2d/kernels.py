@@ -42,7 +42,7 @@ def _reduce_group(maps, n, scale, items, s1, s2, mip, index):  # pragma: no cove
     for y in range(h):
         for x in range(w):
             best[x] = -np.inf
-            arg[x] = 0
+            arg[x] = -1  # stays -1 where every map is NaN (nothing to fold)
             r1[x] = 0.0
             r2[x] = 0.0
         for i in range(n):
@@ -65,13 +65,16 @@ def _reduce_group(maps, n, scale, items, s1, s2, mip, index):  # pragma: no cove
             s2[base + x] += r2[x]
         if y < hv:
             for x in range(wv):
+                a = arg[x]
+                if a < 0:
+                    continue
                 b = best[x]
                 m = mip[y, x]
                 if b > m:
                     mip[y, x] = b
-                    index[y, x] = items[arg[x]]
-                elif b == m and items[arg[x]] < index[y, x]:
-                    index[y, x] = items[arg[x]]
+                    index[y, x] = items[a]
+                elif b == m and items[a] < index[y, x]:
+                    index[y, x] = items[a]
 
 
 def chunk_reduce(
@@ -100,7 +103,7 @@ def chunk_reduce(
     mip, index
         `(hv, wv)` float32 / int64 stored maximum over the valid region (top-left corner of
         the maps) and its search index, updated in place: a larger score wins, on a tie the
-        smaller index, NaN never.
+        smaller index, NaN never (a pixel where every map is NaN is left as it was).
     """
     maps = list(maps)
     n = len(maps)
@@ -111,13 +114,18 @@ def chunk_reduce(
     for m in maps:
         if m.shape != (h, w) or m.dtype != np.float32 or not m.flags.c_contiguous:
             raise ValueError("maps must be C-contiguous float32 arrays of one shape")
+    outs = (s1, s2, mip, index)
     if (
         scale.shape != (n,) or items.shape != (n,) or hv > h or wv > w
         or s1.shape != (h * w,) or s2.shape != (h * w,) or index.shape != (hv, wv)
+        or s1.dtype != np.float32 or s2.dtype != np.float32
         or mip.dtype != np.float32 or index.dtype != np.int64
-        or not (mip.flags.c_contiguous and index.flags.c_contiguous)
+        or not all(a.flags.c_contiguous and a.flags.writeable for a in outs)
     ):  # fmt: skip
-        raise ValueError("chunk_reduce: inconsistent shapes or dtypes (no bounds checks)")
+        raise ValueError(
+            "chunk_reduce: inconsistent shapes or dtypes, or outputs not writeable C-contiguous "
+            "(the kernel has no bounds checks)"
+        )
     order = np.argsort(items, kind="stable")
     scale = np.ascontiguousarray(scale[order], dtype=np.float32)
     items = np.ascontiguousarray(items[order], dtype=np.int64)
