@@ -227,8 +227,8 @@ class _FusedState:
         n = maps.shape[0]
         h, w = self.image_shape
         hv, wv = self.shape
-        if self._compiled and maps.is_contiguous() and self.best.max.dtype == torch.float32:
-            self._update_compiled(list(maps.unbind(0)), item_index, scale)
+        if self.compiled and maps.is_contiguous():
+            self.update_maps(list(maps.unbind(0)), item_index, scale)
             return
         flat = maps.view(n, h * w)
         if scale is not None:
@@ -263,11 +263,17 @@ class _FusedState:
         self.s2.addmm_(self._ones, flat)
         self.pending += int(n)
 
-    def _update_compiled(
+    @property
+    def compiled(self) -> bool:
+        """Whether updates run the compiled CPU kernel (:meth:`update_maps` available)."""
+        return self._compiled and self.best.max.dtype == torch.float32
+
+    def update_maps(
         self, maps: list[torch.Tensor], item_index: torch.Tensor, scale: torch.Tensor | None
     ) -> None:
-        """CPU: the same update in one compiled pass over separate `(H, W)` contiguous float32
-        maps, folded straight into the accumulator (see :mod:`corrscan.match2d.kernels`)."""
+        """CPU (:attr:`compiled`): :meth:`update` in one compiled pass over separate `(H, W)`
+        contiguous float32 maps (not modified), folded straight into the accumulator (see
+        :mod:`corrscan.match2d.kernels`); ``item_index`` and ``scale`` `(n,)` as there."""
         n = len(maps)
         sc = torch.ones(n) if scale is None else scale.to(torch.float32).contiguous()
         mip, pl = self.best.fused_buffers({"index": torch.int64})
@@ -277,18 +283,6 @@ class _FusedState:
             self.s1.view(-1).numpy(), self.s2.view(-1).numpy(), mip.numpy(), pl["index"].numpy(),
         )  # fmt: skip
         self.pending += int(n)
-
-    @property
-    def compiled(self) -> bool:
-        """Whether updates run the compiled CPU kernel (:meth:`update_maps` available)."""
-        return self._compiled and self.best.max.dtype == torch.float32
-
-    def update_maps(
-        self, maps: list[torch.Tensor], item_index: torch.Tensor, scale: torch.Tensor
-    ) -> None:
-        """Compiled CPU update from separate `(H, W)` contiguous float32 maps (not modified);
-        ``item_index`` and ``scale`` `(n,)` as in :meth:`update`."""
-        self._update_compiled(maps, item_index, scale)
 
     def flush(self) -> None:
         """Move the batch sums (valid region) into the exact moment accumulator."""
@@ -402,7 +396,7 @@ def _correlate_batch(plan: SearchPlan, state: _FusedState, start: int, stop: int
             inv = torch.rsqrt(var.clamp_min(1e-30)).T.reshape(-1)  # orientation-major
             pft = pft.conj_physical()
             # one inverse FFT per correlation: a single spectrum and its map stay in L2
-            # (batched CPU irfft2s of more than ~1 MB run up to 2x slower per map)
+            # (batched CPU irfft2s beyond the L2 ran 2-2.7x slower per map at 336²-1024²)
             spec = state.spectrum_buffer(pft.shape[-2:])
             maps = []
             for o in range(c1 - c0):
